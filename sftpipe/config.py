@@ -1,0 +1,85 @@
+"""Typed params: strict models, a YAML loader that reads `1e-06` as a number, readable errors.
+
+Every section of params.yaml is a `Section` subclass declared next to the code that uses it;
+`sftpipe.params` assembles them. Errors name the key's full path and what was expected, e.g.
+`sources.dolly.split: expected a string, got 3`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Section(BaseModel):
+    """A params section: unknown keys and silent coercions (3 -> "3") are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match what the code expects; the message names the key path."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats: PyYAML's 1.1 rules read `1e-06` (as `dvc exp run -S`
+    writes it) as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_Loader)
+
+
+_EXPECTED = {
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+    "int_from_float": "expected an integer",
+}
+
+
+def _describe(err: dict) -> str:
+    path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    kind = err["type"]
+    if kind in ("missing", "extra_forbidden"):
+        return f"{path}: {_EXPECTED[kind]}"
+    expected = _EXPECTED.get(kind) or err["msg"][0].lower() + err["msg"][1:]
+    got = err.get("input")
+    if kind in _EXPECTED:
+        return f"{path}: {expected}, got {got!r}"
+    return f"{path}: {expected} (got {got!r})"
+
+
+def validate(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
+    """Validate `data` against `model`, turning pydantic's report into one line per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            _describe({**e, "loc": ((prefix,) if prefix else ()) + tuple(e["loc"])}) for e in exc.errors()
+        ]
+        raise ParamsError("invalid params:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,47 @@
+"""params.yaml as typed, validated objects. Each stage reads only its own section.
+
+from sftpipe.params import load_params
+params = load_params()          # the whole file, validated
+params.sources["sharegpt"]      # a SourceSpec
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+
+from sftpipe.config import Section, load_yaml, validate
+from sftpipe.sources import NAME, SourceSpec
+
+
+class Params(Section):
+    seed: int = 42
+    """Seed for every random choice (split, mix, sampling, training)."""
+    workers: int = 0
+    """Processes for CPU-heavy steps; 0 means every available core."""
+    engine: Literal["local"] = "local"
+    sources: dict[str, SourceSpec]
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, sources: dict) -> dict:
+        for name in sources:
+            if not NAME.match(name):
+                raise ValueError(f"source name {name!r}: use letters, digits, '.', '_' or '-'")
+        return sources
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or len(os.sched_getaffinity(0))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        from sftpipe.config import ParamsError
+
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    return validate(Params, data)

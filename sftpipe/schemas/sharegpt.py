@@ -1,0 +1,37 @@
+"""ShareGPT: `conversations` of `{from, value}`; tool calls as `function_call` / `observation`.
+
+Unknown roles drop the whole conversation with a reason: guessing a speaker corrupts the labels.
+"""
+
+from sftpipe.records import message
+from sftpipe.schemas.base import Drop, list_field, orig_id, provenance
+
+FIELDS = ("conversations",)
+ROLE_MAP = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+    "assistant": "assistant", "model": "assistant", "function_call": "assistant",
+    "system": "system",
+    "observation": "tool", "tool": "tool",
+}  # fmt: skip
+
+
+def convert(row: dict) -> list[tuple]:
+    conv = list_field(row, "conversations")
+    msgs = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise Drop("wrong_type", f"turn {i} is {type(turn).__name__}, expected an object")
+        role = ROLE_MAP.get(turn.get("from"))
+        if role is None:
+            raise Drop("unknown_role", f"turn {i} is from {turn.get('from')!r}")
+        value = turn.get("value")
+        if value is not None and not isinstance(value, str):
+            raise Drop("wrong_type", f"turn {i} value is {type(value).__name__}")
+        msgs.append(message(role, value or ""))
+    if not msgs:
+        raise Drop("empty_conversation")
+    system = row.get("system")
+    if isinstance(system, str) and system.strip():
+        msgs.insert(0, message("system", system))
+    return [(orig_id(row), msgs, provenance(row))]

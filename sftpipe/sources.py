@@ -1,0 +1,141 @@
+"""Where a source's data lives: a hub dataset, a local file or folder, a file inside an installed
+Python package, or an fsspec URL. `rows(name, spec)` yields `(where, row)` from any of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+
+from sftpipe.config import Section
+from sftpipe.readers import Bad, ReadError, files_in, kind_of, read_file
+from sftpipe.schemas import FORMATS
+
+Format = Literal[FORMATS]  # type: ignore[valid-type]
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SourceSpec(Section):
+    """One entry of `sources:`; exactly one of hub / path / package (+ file) / url says where."""
+
+    hub: str | None = None
+    """Hugging Face dataset id (needs the network, or a filled `cache_dir`)."""
+    path: str | None = None
+    """Local file or folder (.json, .jsonl, .json.gz, .jsonl.gz, .parquet, .csv)."""
+    package: str | None = None
+    """Installed Python package holding the data; `file` is the path inside it."""
+    file: str | None = None
+    url: str | None = None
+    """fsspec URL (s3://, https://, gs://...); credentials come from the environment only."""
+    format: Format | None = None
+    """Schema; auto-detected from the first record when absent."""
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    streaming: bool = False
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    max_samples: int | None = None
+    """Read at most this many input records."""
+    lang: str | list[str] | None = None
+    """Keep only records whose language field is one of these (records without one are kept)."""
+    license: str | None = None
+    mode: Literal["best", "all"] = "best"
+    """OASST trees: follow the best-ranked reply (`best`) or take every root-to-leaf path (`all`)."""
+    on_bad_record: Literal["drop", "error"] = "drop"
+    on_truncated: Literal["drop", "error"] = "drop"
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSpec:
+        given = [k for k in ("hub", "path", "package", "url") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of hub, path, package, url (got {given or 'none'})")
+        if (self.package is None) != (self.file is None):
+            raise ValueError("'package' and 'file' go together")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError("max_samples must be at least 1")
+        return self
+
+    @property
+    def langs(self) -> set[str] | None:
+        return {self.lang} if isinstance(self.lang, str) else set(self.lang) if self.lang else None
+
+
+class SourceError(RuntimeError):
+    """A source cannot be read at all; the message is one line naming the source."""
+
+
+def rows(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+    """Every raw row of a source, with where it came from."""
+    try:
+        if spec.hub:
+            yield from _hub(name, spec)
+        elif spec.path:
+            for f in files_in(spec.path):
+                yield from read_file(f)
+        elif spec.package:
+            yield from _package(name, spec)
+        else:
+            yield from _url(name, spec)
+    except ReadError as exc:
+        raise SourceError(f"source {name}: {exc}") from None
+
+
+def _package(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+    try:
+        root = importlib.resources.files(spec.package)
+    except ModuleNotFoundError:
+        raise SourceError(
+            f"source {name}: package {spec.package!r} is not installed (pip install it)"
+        ) from None
+    resource = root.joinpath(spec.file)
+    if not resource.is_file():
+        raise SourceError(f"source {name}: package {spec.package!r} has no file {spec.file!r}")
+    with importlib.resources.as_file(resource) as local:
+        yield from read_file(Path(local), display=f"{spec.package}:{spec.file}")
+
+
+def _url(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+    import fsspec
+
+    url = spec.url
+    kind_of(url)  # fail early on an unsupported file type
+    with tempfile.TemporaryDirectory(prefix="sftpipe-url-") as tmp:
+        local = Path(tmp) / Path(url.split("?", 1)[0]).name
+        try:
+            with fsspec.open(url, "rb") as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except Exception as exc:  # fsspec backends raise many types; say which URL failed and why
+            raise SourceError(f"source {name}: cannot read {url}: {type(exc).__name__}: {exc}") from None
+        yield from read_file(local, display=url)
+
+
+def _hub(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+    import datasets
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        ds = datasets.load_dataset(
+            spec.hub, name=spec.config, split=spec.split, revision=spec.revision,
+            streaming=spec.streaming, data_dir=spec.data_dir, cache_dir=spec.cache_dir,
+        )  # fmt: skip
+    except Exception as exc:  # datasets raises connection, offline and not-found errors alike
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable or the dataset is unknown"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"source {name}: cannot load hub dataset {spec.hub!r} ({why}; {first}). "
+            "Use a local copy (path:) or fill cache_dir while online."
+        ) from None
+    with contextlib.suppress(AttributeError):
+        ds = ds.with_format(None)
+    for i, row in enumerate(ds):
+        yield {"file": f"hub:{spec.hub}", "index": i}, row

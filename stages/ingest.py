@@ -1,0 +1,38 @@
+"""ingest@<source>: read one source named in params.yaml `sources:` and write canonical records.
+
+Writes data/interim/ingest/<source>/{records,rejected}.jsonl and reports/ingest/<source>.json.
+"""
+
+import argparse
+from pathlib import Path
+
+from sftpipe import cli
+from sftpipe.config import ParamsError
+from sftpipe.ingest import IngestError, ingest
+from sftpipe.params import load_params
+from sftpipe.sources import SourceError
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("source", help="source name, a key of `sources:` in params.yaml")
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--out", default="data/interim/ingest", help="folder for per-source outputs")
+    ap.add_argument("--reports", default="reports/ingest", help="folder for per-source reports")
+    args = ap.parse_args()
+
+    sources = load_params(args.params).sources
+    if args.source not in sources:
+        raise ParamsError(f"sources.{args.source}: no such source (have: {', '.join(sorted(sources))})")
+    spec = sources[args.source]
+    tally = ingest(args.source, spec, Path(args.out) / args.source)
+    report = tally.write(Path(args.reports) / f"{args.source}.json", format=tally.format)
+    dropped = sum(report["dropped"].values())
+    print(
+        f"ingest {args.source}: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}"
+    )
+
+
+if __name__ == "__main__":
+    cli.register(IngestError, SourceError)
+    cli.run(main)

@@ -14,7 +14,10 @@ from typing import Literal
 from pydantic import field_validator
 
 from sftpipe.config import Section, load_yaml, validate
+from sftpipe.export import ExportParams
+from sftpipe.mix import MixParams
 from sftpipe.sources import NAME, SourceSpec
+from sftpipe.split import SplitParams
 
 
 class Params(Section):
@@ -24,6 +27,9 @@ class Params(Section):
     """Processes for CPU-heavy steps; 0 means every available core."""
     engine: Literal["local"] = "local"
     sources: dict[str, SourceSpec]
+    split: SplitParams = SplitParams()
+    mix: MixParams = MixParams()
+    export: ExportParams = ExportParams()
 
     @field_validator("sources")
     @classmethod

@@ -94,6 +94,7 @@ def _json(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ReadError(f"{name}: byte {exc.start}: not UTF-8 ({exc.reason})") from None
+    del data  # the decoded text is all we need; don't hold the file twice while iterating
     start = len(text) - len(text.lstrip(_WS))
     if start == len(text):
         return

@@ -139,3 +139,44 @@ def _hub(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
         ds = ds.with_format(None)
     for i, row in enumerate(ds):
         yield {"file": f"hub:{spec.hub}", "index": i}, row
+
+
+def digest(spec: SourceSpec) -> str:
+    """What identifies the source's input: an md5 of local or packaged bytes, the URL's ETag or
+    checksum when the store gives one, the hub id and revision otherwise."""
+    import hashlib
+
+    def md5(paths: list[Path]) -> str:
+        h = hashlib.md5()
+        for p in paths:
+            with open(p, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+        return "md5:" + h.hexdigest()
+
+    if spec.path:
+        return md5(files_in(spec.path))
+    if spec.package:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version(spec.package.split(".")[0].replace("_", "-"))
+        except PackageNotFoundError:
+            ver = "unknown"
+        with importlib.resources.as_file(
+            importlib.resources.files(spec.package).joinpath(spec.file)
+        ) as local:
+            return f"{spec.package}=={ver} {md5([Path(local)])}"
+    if spec.url:
+        import fsspec
+
+        info = fsspec.core.url_to_fs(spec.url)[0].info(spec.url)
+        tag = (
+            info.get("ETag")
+            or info.get("etag")
+            or info.get("checksum")
+            or info.get("md5")
+            or info.get("mtime")
+        )
+        return f"{spec.url} {str(tag).strip(chr(34))}"
+    return f"hub:{spec.hub}@{spec.revision or 'default'}"

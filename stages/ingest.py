@@ -10,7 +10,7 @@ from sftpipe import cli
 from sftpipe.config import ParamsError
 from sftpipe.ingest import IngestError, ingest
 from sftpipe.params import load_params
-from sftpipe.sources import SourceError
+from sftpipe.sources import SourceError, digest
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
         raise ParamsError(f"sources.{args.source}: no such source (have: {', '.join(sorted(sources))})")
     spec = sources[args.source]
     tally = ingest(args.source, spec, Path(args.out) / args.source)
-    report = tally.write(Path(args.reports) / f"{args.source}.json", format=tally.format)
+    report = tally.write(Path(args.reports) / f"{args.source}.json", format=tally.format, input_digest=digest(spec))
     dropped = sum(report["dropped"].values())
     print(
         f"ingest {args.source}: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}"

@@ -65,3 +65,40 @@ def dvc(repo: Path, *args: str, check: bool = True):
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def format_table(rows: list[dict], tokenizer=None):
+    """A table shaped like the format stage's output, from rows with at least id and source.
+
+    Defaults: cluster = id, a one-exchange conversation, and (with a tokenizer) real token ids whose
+    labels train on the completion only.
+    """
+    import json
+
+    import pyarrow as pa
+
+    out = []
+    for r in rows:
+        prompt = r.get("prompt", f"Q {r['id']}\n")
+        completion = r.get("completion", f"A {r['id']}")
+        text = r.get("text", prompt + completion)
+        if tokenizer is not None:
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            labels = [-100] * len(p_ids) + ids[len(p_ids):]
+        else:
+            ids = list(range(1, 4))
+            labels = [-100, 2, 3]
+        messages = [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": completion}]
+        out.append({
+            "id": r["id"], "source": r["source"], "cluster": r.get("cluster", r["id"]),
+            "messages": json.dumps(messages), "meta": json.dumps(r.get("meta", {})),
+            "text": text, "prompt": prompt, "completion": completion,
+            "input_ids": ids, "labels": labels, "n_tokens": len(ids),
+        })  # fmt: skip
+    schema = pa.schema([
+        ("id", pa.string()), ("source", pa.string()), ("cluster", pa.string()), ("messages", pa.string()),
+        ("meta", pa.string()), ("text", pa.string()), ("prompt", pa.string()), ("completion", pa.string()),
+        ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("n_tokens", pa.int32()),
+    ])  # fmt: skip
+    return pa.Table.from_pylist(out, schema=schema)

@@ -38,8 +38,11 @@ def list_field(row: dict, field: str) -> list:
     return value
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def provenance(row: dict) -> dict:
-    return {k: row[k] for k in PROVENANCE if isinstance(row.get(k), str | int | float | bool)}
+    return {k: row[k] for k in PROVENANCE if k in row and isinstance(row[k], _SCALARS)}
 
 
 def orig_id(row: dict, *fields: str) -> str | None:

@@ -16,19 +16,24 @@ ROLE_MAP = {
 }  # fmt: skip
 
 
+def _turn(i: int, turn) -> dict:
+    if not isinstance(turn, dict):
+        raise Drop("wrong_type", f"turn {i} is {type(turn).__name__}, expected an object")
+    role = ROLE_MAP.get(turn.get("from"))
+    if role is None:
+        raise Drop("unknown_role", f"turn {i} is from {turn.get('from')!r}")
+    return message(role, turn.get("value") or "")
+
+
 def convert(row: dict) -> list[tuple]:
     conv = list_field(row, "conversations")
-    msgs = []
-    for i, turn in enumerate(conv):
-        if not isinstance(turn, dict):
-            raise Drop("wrong_type", f"turn {i} is {type(turn).__name__}, expected an object")
-        role = ROLE_MAP.get(turn.get("from"))
-        if role is None:
-            raise Drop("unknown_role", f"turn {i} is from {turn.get('from')!r}")
-        value = turn.get("value")
-        if value is not None and not isinstance(value, str):
-            raise Drop("wrong_type", f"turn {i} value is {type(value).__name__}")
-        msgs.append(message(role, value or ""))
+    try:
+        msgs = [{"role": ROLE_MAP[t["from"]], "content": t["value"] or ""} for t in conv]
+    except (KeyError, TypeError):
+        msgs = [_turn(i, t) for i, t in enumerate(conv)]  # slow path: find and name the bad turn
+    if any(type(m["content"]) is not str for m in msgs):
+        bad = next(i for i, m in enumerate(msgs) if type(m["content"]) is not str)
+        raise Drop("wrong_type", f"turn {bad} value is {type(msgs[bad]['content']).__name__}")
     if not msgs:
         raise Drop("empty_conversation")
     system = row.get("system")

@@ -1,0 +1,64 @@
+"""report: metrics, dataset card, stable samples, manifest and plots for review in a pull request.
+
+Reads data/interim/mix/<split>.parquet and every stage's reports/*.json; writes git-tracked files
+under reports/ (see sftpipe/report.py). Compare two revisions with `python -m sftpipe.review`.
+"""
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+
+from sftpipe import cli
+from sftpipe.card import render
+from sftpipe.jsonio import atomic_path, write_json, write_jsonl
+from sftpipe.params import load_params
+from sftpipe.report import (
+    histogram_rows,
+    lengths,
+    manifest_rows,
+    metrics,
+    plot_pngs,
+    samples,
+    write_csv,
+    write_manifest,
+)
+from sftpipe.split import SPLITS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--input", default="data/interim/mix", help="folder with the final <split>.parquet")
+    ap.add_argument("--reports", default="reports", help="reports folder (read and written)")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    p, reports = params.report, Path(args.reports)
+    parts = {n: pq.read_table(Path(args.input) / f"{n}.parquet") for n in SPLITS}
+    by = lengths(parts)
+    m = metrics(parts, reports, by)
+    write_json(reports / "metrics.json", m)
+    write_manifest(manifest_rows(parts), reports, p.manifest_shards)
+    with atomic_path(reports / "samples") as tmp:
+        tmp.mkdir()
+        for source, rows in samples(parts, p.samples_per_source).items():
+            write_jsonl(tmp / f"{source}.jsonl", rows)
+    write_csv(reports / "plots" / "token_lengths.csv", histogram_rows(by))
+    shares = {s: v for s, v in m["mix_shares"].items() if v is not None}
+    write_csv(reports / "plots" / "mix_shares.csv", [{"source": s, "share": v} for s, v in shares.items()])
+    plot_pngs(reports / "plots", by, shares)
+
+    langs = Counter(orjson.loads(x).get("lang") for t in parts.values() for x in t["meta"].to_pylist())
+    total = sum(langs.values()) or 1
+    languages = sorted(str(k) for k, v in langs.items() if k and v / total >= 0.01)
+    fmt = orjson.loads((reports / "format.json").read_bytes()) if (reports / "format.json").exists() else {}
+    with atomic_path(reports / "dataset_card.md") as tmp:
+        tmp.write_text(render(p.dataset_name, params.sources, m, fmt, languages), encoding="utf-8")
+    print(f"report: {sum(v['total'] for v in m['splits'].values())} examples; see reports/dataset_card.md")
+
+
+if __name__ == "__main__":
+    cli.run(main)

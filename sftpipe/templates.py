@@ -1,0 +1,256 @@
+"""Prompt templates: a conversation -> the text a model trains on, plus which characters it learns.
+
+`Renderer(template, tokenizer)(messages, meta)` returns a `Rendered`: the full text and the
+character spans that are trained (each assistant turn's content and the end-of-turn token that
+closes it). Label masks are built from these character spans and the tokenizer's offsets, so the
+same code is exact for every template, the tokenizer's own chat template included; matching
+token ids of a "response template" is what makes other tools lose or mis-mask tokens.
+
+Templates (`format.template`):
+- `alpaca`: the Stanford Alpaca prompt, word for word; `### Input:` when `meta.alpaca_input` is the
+  tail of the user turn; a system prompt replaces the Alpaca preamble (it is that template's system
+  prompt); later exchanges repeat `### Instruction:` / `### Response:`.
+- `chatml`: `<|im_start|>{role}\\n{content}<|im_end|>\\n`; assistant turns end with `<|im_end|>`.
+- `chat`: `Human: ...` / `Assistant: ...` separated by blank lines; the space after `Assistant:`
+  belongs to the response, so the prompt ends with `Assistant:` and a byte-level tokenizer sees
+  the same ` word` token at training and at inference.
+- `tokenizer`: the tokenizer's own chat template (`apply_chat_template`). Each assistant turn is
+  located by rendering the conversation up to it with the generation prompt; the end-of-turn token
+  is the first special token after the content.
+Other than `chatml` and `tokenizer`, each assistant turn ends with `tokenizer.eos_token`.
+Text records (`meta.kind == "text"`) render as the text + EOS and are trained in full.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ALPACA = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request."
+)
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TEMPLATES = ("alpaca", "chatml", "chat", "tokenizer")
+# Private-use characters around a turn number: stand-ins for assistant contents when locating them.
+_MARK = ("\ue000", "\ue001")
+_MARKER = re.compile(f"{_MARK[0]}(\\d+){_MARK[1]}")
+
+
+class TemplateError(ValueError):
+    """The chosen template cannot work with this tokenizer (a setting to change, not a record)."""
+
+
+class RenderError(Exception):
+    """One record cannot be rendered with the template; `reason` is the counted drop reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """The full text and its trained character spans `[start, end)`, in order."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def prompt(self) -> str:
+        """Everything before the final assistant turn's trained part."""
+        return self.text[: self.spans[-1][0]]
+
+    @property
+    def completion(self) -> str:
+        """The final assistant turn's trained part: its content and end-of-turn token."""
+        start, end = self.spans[-1]
+        return self.text[start:end]
+
+
+class _Builder:
+    """Concatenates pieces, remembering where the trained ones are."""
+
+    __slots__ = ("parts", "size", "spans")
+
+    def __init__(self, start: str = ""):
+        self.parts, self.size, self.spans = [start], len(start), []
+
+    def add(self, piece: str, trained: bool = False) -> None:
+        if trained:
+            self.spans.append((self.size, self.size + len(piece)))
+        self.parts.append(piece)
+        self.size += len(piece)
+
+    def done(self) -> Rendered:
+        return Rendered("".join(self.parts), tuple(self.spans))
+
+
+def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
+    """Leading system turns (joined) and the rest; a system turn later on has no place to go."""
+    n = 0
+    while n < len(messages) and messages[n]["role"] == "system":
+        n += 1
+    rest = messages[n:]
+    for m in rest:
+        if m["role"] not in ("user", "assistant"):
+            raise RenderError("unsupported_role", f"role {m['role']!r} after the first turn")
+    system = "\n\n".join(m["content"] for m in messages[:n]) if n else None
+    return system, rest
+
+
+class Renderer:
+    """Renders canonical conversations with one template for one tokenizer."""
+
+    def __init__(self, template: str, tokenizer, bos: str = ""):
+        if template not in TEMPLATES:
+            raise TemplateError(
+                f"format.template: unknown template {template!r} (have: {', '.join(TEMPLATES)})"
+            )
+        if not tokenizer.eos_token:
+            raise TemplateError("the tokenizer has no eos_token, so assistant turns cannot end")
+        self.template, self.tok, self.bos, self.eos = template, tokenizer, bos, tokenizer.eos_token
+        self._render = getattr(self, f"_{template}")
+        if template == "tokenizer":
+            if not getattr(tokenizer, "chat_template", None):
+                raise TemplateError(
+                    "format.template: 'tokenizer' needs a chat template, and this tokenizer has none; "
+                    "use alpaca, chatml or chat"
+                )
+            specials = sorted({t for t in _special_tokens(tokenizer) if t}, key=len, reverse=True)
+            self._special = re.compile("|".join(map(re.escape, specials)))
+
+    def __call__(self, messages: list[dict], meta: dict | None = None) -> Rendered:
+        meta = meta or {}
+        if meta.get("kind") == "text" and len(messages) == 1:
+            b = _Builder(self.bos)
+            b.add(messages[0]["content"] + self.eos, trained=True)
+            return b.done()
+        if not any(m["role"] == "assistant" for m in messages):
+            raise RenderError("no_assistant_turn")
+        if messages[-1]["role"] != "assistant":
+            raise RenderError("ends_without_assistant", f"last turn is {messages[-1]['role']!r}")
+        return self._render(messages, meta)
+
+    def _alpaca(self, messages: list[dict], meta: dict) -> Rendered:
+        system, rest = _split_system(messages)
+        context = meta.get("alpaca_input")
+        first = rest[0]["content"] if rest and rest[0]["role"] == "user" else None
+        has_input = bool(context) and first is not None and first.endswith("\n\n" + context)
+        b = _Builder(self.bos)
+        b.add(system if system is not None else ALPACA_INPUT if has_input else ALPACA)
+        for i, m in enumerate(rest):
+            if m["role"] == "user":
+                if i == 0 and has_input:
+                    instruction = first[: -len(context) - 2]
+                    b.add(f"\n\n### Instruction:\n{instruction}\n\n### Input:\n{context}")
+                else:
+                    b.add(f"\n\n### Instruction:\n{m['content']}")
+            else:
+                b.add("\n\n### Response:\n")
+                b.add(m["content"] + self.eos, trained=True)
+        return b.done()
+
+    def _chatml(self, messages: list[dict], meta: dict) -> Rendered:
+        b = _Builder(self.bos)
+        for m in messages:
+            b.add(f"{IM_START}{m['role']}\n")
+            if m["role"] == "assistant":
+                b.add(m["content"] + IM_END, trained=True)
+            else:
+                b.add(m["content"] + IM_END)
+            b.add("\n")
+        return b.done()
+
+    def _chat(self, messages: list[dict], meta: dict) -> Rendered:
+        system, rest = _split_system(messages)
+        b = _Builder(self.bos)
+        if system is not None:
+            b.add(system + "\n\n")
+        for i, m in enumerate(rest):
+            if i:
+                b.add("\n\n")
+            if m["role"] == "user":
+                b.add(f"Human: {m['content']}")
+            else:
+                b.add("Assistant:")
+                b.add(f" {m['content']}{self.eos}", trained=True)
+        return b.done()
+
+    def _tokenizer(self, messages: list[dict], meta: dict) -> Rendered:
+        text = self._apply(messages, False)
+        contents = self._contents_by_markers(messages, text) or self._contents_by_prefixes(messages, text)
+        spans = []
+        for start, end in contents:
+            eot = self._special.search(text, end)
+            if eot is None or text[end : eot.start()].strip():
+                raise TemplateError(
+                    "format.template: the tokenizer's chat template does not close an assistant turn "
+                    "with a special token, so the model would never learn to stop; use chatml, chat or alpaca"
+                )
+            spans.append((start, eot.end()))
+        return Rendered(text, tuple(spans))
+
+    def _contents_by_markers(self, messages: list[dict], text: str) -> list[tuple[int, int]] | None:
+        """Where each assistant content is, from one more rendering with a marker in place of each
+        (linear in the conversation); None when the template alters contents, so the markers do
+        not give back the same text."""
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        marked = [
+            {**m, "content": f"{_MARK[0]}{i}{_MARK[1]}"} if m["role"] == "assistant" else m
+            for i, m in enumerate(messages)
+        ]
+        pieces = _MARKER.split(self._apply(marked, False))
+        if [int(x) for x in pieces[1::2]] != turns:
+            return None
+        parts, where, pos = [pieces[0]], [], len(pieces[0])
+        for index, piece in zip(pieces[1::2], pieces[2::2], strict=True):
+            content = messages[int(index)]["content"]
+            where.append((pos, pos + len(content)))
+            parts += [content, piece]
+            pos += len(content) + len(piece)
+        return where if "".join(parts) == text else None
+
+    def _contents_by_prefixes(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
+        """Where each assistant content is, by rendering the conversation up to each assistant turn
+        with the generation prompt (quadratic in turns, but exact for templates that trim)."""
+        where, cursor = [], 0
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            if i:
+                prefix = self._apply(messages[:i], True)
+                if not text.startswith(prefix):
+                    raise RenderError(
+                        "template_error", f"turn {i}: the chat template renders earlier turns differently"
+                    )
+                cursor = max(cursor, len(prefix))
+            content = m["content"]
+            start = text.find(content, cursor)
+            if start < 0 and content.strip():
+                content = content.strip()  # templates that trim the content (Llama 3, Gemma)
+                start = text.find(content, cursor)
+            if start < 0:
+                raise RenderError("template_error", f"turn {i}: the chat template does not show the content")
+            where.append((start, start + len(content)))
+            cursor = start + len(content)
+        return where
+
+    def _apply(self, messages: list[dict], generation_prompt: bool) -> str:
+        try:
+            return self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except Exception as exc:  # jinja raises its own errors (e.g. "roles must alternate")
+            raise RenderError("template_error", f"{type(exc).__name__}: {exc}") from None
+
+
+def _special_tokens(tokenizer) -> set[str]:
+    tokens = set(tokenizer.all_special_tokens)
+    tokens.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    return tokens

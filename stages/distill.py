@@ -1,0 +1,40 @@
+"""distill: generate instruction-response pairs from knowledge slices with an LLM, score them with
+LLM judges, keep the good ones as canonical records (source "distill").
+
+Writes data/interim/distill/{records,generated_raw,scored,rejected}.jsonl + metadata.json and
+reports/distill.json. With no base_url configured it runs a local llama.cpp server for the models.
+"""
+
+import argparse
+
+from sftpipe import cli
+from sftpipe.distill import DistillError, distill
+from sftpipe.llama_server import LocalServerError
+from sftpipe.llm import EndpointError
+from sftpipe.params import load_params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--out", default="data/interim/distill", help="output folder")
+    ap.add_argument("--report", default="reports/distill.json", help="report file")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    tally, metadata = distill(params.distill, params.seed, args.out)
+    report = tally.write(
+        args.report,
+        enabled=metadata["enabled"],
+        slices=metadata["slices"],
+        chunks=metadata["chunks"],
+        samples_per_slice=metadata["samples_per_slice"],
+        mean_score_kept=metadata["mean_score_kept"],
+    )
+    dropped = sum(report["dropped"].values())
+    print(f"distill: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}")
+
+
+if __name__ == "__main__":
+    cli.register(DistillError, EndpointError, LocalServerError)
+    cli.run(main, stage="distill")

@@ -1,0 +1,385 @@
+"""MLflow tracking for every stage: one run per stage execution, tying outputs to inputs.
+
+    with stage_run("clean", params.clean, deps=[...], outs=[...]) as run:
+        report = ...                       # the stage's work
+        run.log_metrics(report)            # in, out, dropped.<reason>, ...
+
+On exit the run records the params section (flattened), the metrics, and tags: `stage`, the git
+commit, `DVC_EXP_NAME` when set, and the DVC md5 of every dep and out (`dvc.deps.<path>`,
+`dvc.outs.<path>`, computed the way `dvc` does, so they match `dvc.lock`). Everything is logged
+at the end in a few calls, so MLflow never sits inside a stage's work, and a failed stage still
+leaves a FAILED run with its params.
+
+Store: `MLFLOW_TRACKING_URI`, else SQLite at `<repo root>/mlflow.db` with artifacts in
+`<repo root>/mlruns`. The repo root is absolute and the same for `dvc exp run --temp/--queue`
+(whose workspaces live under `<repo>/.dvc/tmp/exps/`), so every run lands in one store.
+`SFTPIPE_TRACKING=off` turns tracking off; in a multi-process launch only rank 0 logs.
+
+No secret reaches MLflow: params hold only the NAMES of environment variables (`api_key_env`);
+any value under a secret-looking key, any string shaped like a key, and the value of any
+secret-looking environment variable is replaced by `***` in params, tags and text artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+EXPERIMENT = "sftpipe"
+_OFF = ("0", "off", "false", "no")
+_MAX_PARAM = 6000  # MLflow's limit on a param value
+_REDACTED = "***"
+_SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw|credential|private[_-]?key|auth", re.I)
+_SECRET_VALUE = re.compile(
+    r"sk-[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{16,}|github_pat_\w{16,}"
+    r"|AKIA[0-9A-Z]{16}|xox[abprs]-[\w-]{10,}|AIza[\w-]{30,}|Bearer\s+[\w.~+/-]{8,}"
+    r"|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{4,}"
+)
+
+
+# --- where ---------------------------------------------------------------------------------
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The project's root: DVC_ROOT (set by dvc for stage commands) or the nearest folder with a
+    `.dvc`, mapped from an experiment's temporary workspace back to the repository it belongs to."""
+    here = Path(start or os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    root = next((p for p in (here, *here.parents) if (p / ".dvc").is_dir()), here)
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def enabled() -> bool:
+    """On unless SFTPIPE_TRACKING=off; only the main process of a torchrun / accelerate launch logs."""
+    if os.environ.get("RANK", "0") != "0":
+        return False
+    return os.environ.get("SFTPIPE_TRACKING", "on").strip().lower() not in _OFF
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite store (MLflow's default is `./mlruns` of whatever the cwd is,
+    which for `dvc exp run --temp` is a workspace that is deleted afterwards)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+# --- what ----------------------------------------------------------------------------------
+
+
+def dvc_md5(path: str | Path) -> str | None:
+    """The md5 DVC records for `path` (a file's md5, or a directory's `<md5>.dir`); None if absent."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs import MemoryFileSystem
+    from dvc_objects.fs.local import LocalFileSystem
+
+    odb = HashFileDB(MemoryFileSystem(), "/sftpipe-digests")
+    _, _, obj = build(odb, str(path.resolve()), LocalFileSystem(), "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def git_commit(cwd: str | Path | None = None) -> tuple[str | None, bool]:
+    """(HEAD commit, whether tracked files differ from it); (None, False) outside git."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else False
+    return commit, dirty
+
+
+def _env_secrets() -> list[str]:
+    return sorted(
+        (v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8),
+        key=len,
+        reverse=True,
+    )
+
+
+def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
+    """`text` with every secret-looking environment value and key-shaped string replaced by ***."""
+    for secret in _env_secrets() if secrets is None else secrets:
+        text = text.replace(secret, _REDACTED)
+    return _SECRET_VALUE.sub(_REDACTED, text)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as `a.b.c` keys; lists and scalars stay values."""
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    if not isinstance(obj, Mapping):
+        return {prefix: obj} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) or hasattr(value, "model_dump"):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def safe_params(params: Any, secrets: Iterable[str] | None = None) -> dict[str, str]:
+    """Flattened params as MLflow strings: secret-named keys redacted (except `*_env`, which name
+    a variable), every value scrubbed, long values cut to MLflow's limit."""
+    import json
+
+    secrets = _env_secrets() if secrets is None else list(secrets)
+    out = {}
+    for key, value in flatten(params).items():
+        leaf = key.rsplit(".", 1)[-1]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if _SECRET_NAME.search(leaf) and not leaf.endswith("_env") and value not in (None, "", False):
+            text = _REDACTED
+        out[_key(key)] = scrub(text, secrets)[:_MAX_PARAM]
+    return out
+
+
+def numeric(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers (and booleans) of a flattened report, as MLflow metrics."""
+    out = {}
+    for key, value in flatten(metrics, prefix).items():
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[_key(key)] = float(value)
+    return out
+
+
+def _key(name: str) -> str:
+    # MLflow accepts letters, digits, _ - . space / in keys.
+    return re.sub(r"[^\w\-. /]", "_", name)
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class StageRun:
+    """What one stage logs; collected while the stage works, written to MLflow on exit."""
+
+    def __init__(self, stage: str, params: Any, deps: Iterable[str | Path], outs: Iterable[str | Path]):
+        self.stage = stage
+        self.params = params
+        self.deps = [str(p) for p in deps]
+        self.outs = [str(p) for p in outs]
+        self.metrics: dict[str, float] = {}
+        self.curves: dict[str, list[tuple[int, float]]] = {}
+        self.tags: dict[str, str] = {}
+        self.artifacts: list[tuple[Path, str | None]] = []
+        self.datasets: list[dict] = []
+        self.digests: dict[str, str | None] = {}
+        self.run_id: str | None = None
+
+    def digest(self, path: str | Path) -> str | None:
+        """DVC md5 of a dep (computed once per run; outs are hashed on exit, once written)."""
+        key = str(path)
+        if key not in self.digests:
+            self.digests[key] = dvc_md5(path)
+        return self.digests[key]
+
+    def log_metrics(self, metrics: Mapping[str, Any], prefix: str = "") -> None:
+        self.metrics.update(numeric(metrics, prefix))
+
+    def log_curve(self, name: str, points: Iterable[tuple[int, float]]) -> None:
+        """A metric's history, e.g. the training loss by step."""
+        self.curves[_key(name)] = [(int(s), float(v)) for s, v in points if math.isfinite(v)]
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update({_key(k): str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file or folder to store with the run (text files are scrubbed of secrets)."""
+        self.artifacts.append((Path(path), artifact_path))
+
+    def log_dataset(self, dataset: Any, path: str | Path, context: str = "training", name: str | None = None):
+        """A Hugging Face `datasets.Dataset` read from `path` (a DVC-tracked folder) as an MLflow
+        dataset input whose digest is the folder's DVC md5."""
+        self.datasets.append({"dataset": dataset, "path": Path(path), "context": context, "name": name})
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    params: Any = None,
+    *,
+    deps: Iterable[str | Path] = (),
+    outs: Iterable[str | Path] = (),
+    metrics: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """Collect a stage's tracking data in the body; log it as one MLflow run on exit."""
+    run = StageRun(stage, params, deps, outs)
+    if metrics:
+        run.log_metrics(metrics)
+    start = time.time()
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        if enabled():
+            try:
+                _flush(run, start, status)
+            except Exception as exc:  # tracking must not undo a stage's finished work; say so loudly
+                print(
+                    f"warning: MLflow logging of stage {stage} failed: {type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
+
+
+def log_stage(
+    stage: str,
+    params: Any = None,
+    metrics: Mapping[str, Any] | None = None,
+    deps: Iterable[str | Path] = (),
+    outs: Iterable[str | Path] = (),
+) -> str | None:
+    """One call for a stage that already finished: log its params, metrics and digests."""
+    with stage_run(stage, params, deps=deps, outs=outs, metrics=metrics) as run:
+        pass
+    return run.run_id
+
+
+def _quiet() -> None:
+    # Read by mlflow when it is first imported: warnings only, no progress bars.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    for name in ("alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _experiment(mlflow: Any, uri: str) -> str:
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
+        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def _tags(run: StageRun) -> dict[str, str]:
+    commit, dirty = git_commit()
+    tags = {"stage": run.stage}
+    if commit:
+        tags.update(
+            {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+        )
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            tags[var.lower()] = os.environ[var]
+    for p in run.deps:
+        tags[_key(f"dvc.deps.{p}")] = run.digest(p) or "missing"
+    for p in run.outs:
+        tags[_key(f"dvc.outs.{p}")] = dvc_md5(p) or "missing"
+    return {**tags, **run.tags}
+
+
+def _flush(run: StageRun, start: float, status: str) -> None:
+    _quiet()
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    secrets = _env_secrets()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    tags = {k: scrub(v, secrets) for k, v in _tags(run).items()}
+    created = client.create_run(_experiment(mlflow, uri), start_time=int(start * 1000), run_name=run.stage)
+    run.run_id = run_id = created.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in {**run.metrics, "duration_s": time.time() - start}.items()]
+    for name, points in run.curves.items():
+        metrics += [Metric(name, v, now, step) for step, v in points]
+    params = [Param(k, v) for k, v in safe_params(run.params or {}, secrets).items()]
+    tag_list = [RunTag(k, v) for k, v in tags.items()]
+    # log_batch takes at most 1000 metrics, 100 params and 100 tags per call.
+    for i in range(0, max(len(params), len(tag_list)), 100):
+        client.log_batch(run_id, params=params[i : i + 100], tags=tag_list[i : i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    if run.datasets:
+        client.log_inputs(run_id, datasets=[_dataset_input(d, run) for d in run.datasets])
+    for path, artifact_path in run.artifacts:
+        _log_artifact(client, run_id, path, artifact_path, secrets)
+    client.set_terminated(run_id, status=status)
+
+
+def _dataset_input(spec: dict, run: StageRun):
+    from datasets import Value
+    from mlflow.data.huggingface_dataset import from_huggingface
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    path: Path = spec["path"]
+    ds = spec["dataset"]
+    # MLflow infers a schema from scalar columns only (token-id lists make it warn and give up).
+    scalar = [name for name, feature in ds.features.items() if isinstance(feature, Value)]
+    if scalar and len(scalar) < len(ds.column_names):
+        ds = ds.select_columns(scalar)
+    ds = from_huggingface(
+        ds,
+        path=str(path),
+        name=spec["name"] or str(path),
+        digest=run.digest(path),
+    )
+    return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, spec["context"])])
+
+
+_TEXT = {".json", ".jsonl", ".csv", ".txt", ".yaml", ".yml", ".md", ".jinja", ".tsv"}
+
+
+def _log_artifact(
+    client: Any, run_id: str, path: Path, artifact_path: str | None, secrets: list[str]
+) -> None:
+    import shutil
+    import tempfile
+
+    if not path.exists():
+        return
+    with tempfile.TemporaryDirectory(prefix="sftpipe-artifact-") as tmp:
+        # Copy, scrubbing text files, so no secret that slipped into an output reaches the store.
+        staged = Path(tmp) / path.name
+        if path.is_dir():
+            shutil.copytree(path, staged)
+            files = [f for f in staged.rglob("*") if f.is_file()]
+        else:
+            shutil.copy2(path, staged)
+            files = [staged]
+        for f in files:
+            if f.suffix in _TEXT:
+                text = f.read_text(encoding="utf-8", errors="replace")
+                clean = scrub(text, secrets)
+                if clean != text:
+                    f.write_text(clean, encoding="utf-8")
+        if staged.is_dir():
+            client.log_artifacts(
+                run_id, str(staged), artifact_path=f"{artifact_path or ''}/{path.name}".strip("/")
+            )
+        else:
+            client.log_artifact(run_id, str(staged), artifact_path=artifact_path)

@@ -273,10 +273,13 @@ def _jaccards(out: list[dict], truth: dict) -> None:
 
 
 class PeakRSS:
-    """Peak resident memory of a process and all its children, sampled every 0.1 s."""
+    """Peak resident memory of a process and all its children, sampled every 0.1 s, and their CPU
+    seconds as last sampled (children that are never waited for, like datatrove's forkserver
+    workers, do not show in getrusage)."""
 
     def __init__(self, pid: int):
         self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.cpu: dict[int, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -284,30 +287,39 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs if p.is_running()))
             except psutil.Error:
-                pass
+                procs = []
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, rss)
             time.sleep(0.1)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
         self._stop.set()
         self._thread.join()
-        return self.peak / 2**20
+        return self.peak / 2**20, sum(self.cpu.values())
 
 
 def _timed(cmd: list[str], **kw) -> dict:
-    """Wall seconds, CPU seconds (user + system, all descendants) and peak MB of a command."""
+    """Wall seconds, CPU seconds (user + system of all descendants) and peak MB of a command."""
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, **kw)
     mem = PeakRSS(proc.pid)
     rc = proc.wait()
-    seconds, peak = time.perf_counter() - t0, mem.stop()
+    seconds = time.perf_counter() - t0
+    peak, sampled_cpu = mem.stop()
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc:
         raise RuntimeError(f"{' '.join(cmd)} exited with {rc}")
-    cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak}
+    waited_cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
+    return {"seconds": seconds, "cpu_seconds": max(waited_cpu, sampled_cpu), "peak_mb": peak}
 
 
 def run_sftpipe(work: Path, workers: int) -> dict:

@@ -39,12 +39,14 @@ def run_sftpipe(out: Path) -> int:
 
 def run_baseline(out: Path) -> int:
     text = _path().read_text(encoding="utf-8")
-    cut = text.rindex('\n  },\n  {\n') + 4  # end of the last complete record: json.load needs a closed array
+    cut = text.rindex("\n  },\n  {\n") + 4  # end of the last complete record: json.load needs a closed array
     rows = json.loads(text[:cut] + "]")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "records.jsonl", "w", encoding="utf-8") as fh:
         for row in rows:
-            msgs = [{"role": ROLE.get(t["from"], t["from"]), "content": t["value"]} for t in row["conversations"]]
+            msgs = [
+                {"role": ROLE.get(t["from"], t["from"]), "content": t["value"]} for t in row["conversations"]
+            ]
             if msgs:
                 fh.write(json.dumps({"id": f"sharegpt/{row['id']}", "source": "sharegpt", "messages": msgs,
                                      "meta": {}}, ensure_ascii=False, sort_keys=True) + "\n")  # fmt: skip
@@ -63,7 +65,9 @@ def child(which: str) -> None:
 def measure(which: str, repeat: int) -> dict:
     runs = []
     for _ in range(repeat):
-        proc = subprocess.run([sys.executable, __file__, "--child", which], capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", which], capture_output=True, text=True, check=True
+        )
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["seconds"])
     return {**best, "rate": best["n"] / best["seconds"], "peak_mb": max(r["peak_mb"] for r in runs)}

@@ -80,7 +80,11 @@ def render(name: str, sources: dict, metrics: dict, fmt: dict, languages: list[s
             f"| {stage} | {r.get('in', 0):,} | {r.get('out', 0):,} | {_drops(r.get('dropped', {}))} |"
         )
     lines += ["", "## Template and tokenization", ""]
-    lines.append(f"Template `{fmt.get('template', '?')}`, tokenizer `{fmt.get('tokenizer', '?')}`, "
+    tok = fmt.get("tokenizer", "?")
+    if isinstance(tok, dict):  # the format report describes the tokenizer in detail
+        pad = " (pad token set by sftpipe)" if tok.get("pad_token_set") else ""
+        tok = f"{tok.get('name', '?')}, vocabulary {tok.get('vocab_size', '?')}, EOS `{tok.get('eos_token')}`, pad `{tok.get('pad_token')}`{pad}"
+    lines.append(f"Template `{fmt.get('template', '?')}`, tokenizer {tok}, "
                  f"max length {fmt.get('max_length', '?')} tokens; loss on assistant turns only "
                  f"unless `format.train_on_prompt` is set.")  # fmt: skip
     lines += [

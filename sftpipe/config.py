@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 class Section(BaseModel):
     """A params section: unknown keys and silent coercions (3 -> "3") are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Attribute docstrings become field descriptions: the README's params table is built from them.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 class ParamsError(ValueError):

@@ -28,6 +28,7 @@ class EvaluateParams(Section):
     max_length: int | None = 256
     """Score only rows of at most this many tokens; null = all."""
     batch_size: int = 4
+    """Rows per scoring batch."""
     generations: int = 4
     """Held-out test prompts to generate from (the first by id hash whose prompt fits)."""
     max_prompt_tokens: int = 256
@@ -35,6 +36,7 @@ class EvaluateParams(Section):
     max_new_tokens: int = 48
     """Greedy generation length limit (stops earlier at the end-of-turn token)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = CUDA when present, else CPU."""
 
 
 def _rows(dsd, split: str, params: EvaluateParams):

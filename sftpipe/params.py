@@ -13,11 +13,20 @@ from typing import Literal
 
 from pydantic import field_validator
 
+from sftpipe.base_model import ModelParams
+from sftpipe.clean import CleanParams
 from sftpipe.config import Section, load_yaml, validate
+from sftpipe.dedup import DedupParams
+from sftpipe.distill import DistillParams
+from sftpipe.evaluate import EvaluateParams
 from sftpipe.export import ExportParams
+from sftpipe.format import FormatParams
 from sftpipe.mix import MixParams
+from sftpipe.publish import PublishParams
+from sftpipe.report import ReportParams
 from sftpipe.sources import NAME, SourceSpec
 from sftpipe.split import SplitParams
+from sftpipe.train import TrainParams
 
 
 class Params(Section):
@@ -26,10 +35,21 @@ class Params(Section):
     workers: int = 0
     """Processes for CPU-heavy steps; 0 means every available core."""
     engine: Literal["local"] = "local"
+    """Where the data stages run."""
     sources: dict[str, SourceSpec]
+    """Input datasets by name; each is its own `ingest@<name>` stage."""
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    clean: CleanParams = CleanParams()
+    dedup: DedupParams = DedupParams()
     split: SplitParams = SplitParams()
     mix: MixParams = MixParams()
     export: ExportParams = ExportParams()
+    publish: PublishParams = PublishParams()
+    report: ReportParams = ReportParams()
+    format: FormatParams = FormatParams()
+    distill: DistillParams = DistillParams()
 
     @field_validator("sources")
     @classmethod

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from sftpipe.config import Section
 from sftpipe.jsonio import atomic_path
 
-STAGES = ("clean", "dedup", "distill", "format", "split", "mix", "export")
+STAGES = ("distill", "clean", "dedup", "format", "split", "mix", "export")
 BINS = (0, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192)
 
 

@@ -34,25 +34,35 @@ class SourceSpec(Section):
     package: str | None = None
     """Installed Python package holding the data; `file` is the path inside it."""
     file: str | None = None
+    """Path of the data file inside `package`."""
     url: str | None = None
     """fsspec URL (s3://, https://, gs://...); credentials come from the environment only."""
     format: Format | None = None
     """Schema; auto-detected from the first record when absent."""
     config: str | None = None
+    """Hub dataset configuration (subset) name."""
     split: str = "train"
+    """Hub dataset split to read."""
     revision: str | None = None
+    """Hub dataset revision (branch, tag or commit)."""
     streaming: bool = False
+    """Stream the hub dataset instead of downloading it whole."""
     data_dir: str | None = None
+    """Hub dataset `data_dir` argument."""
     cache_dir: str | None = None
+    """Hub cache folder (a filled one lets a hub source load offline)."""
     max_samples: int | None = None
     """Read at most this many input records."""
     lang: str | list[str] | None = None
     """Keep only records whose language field is one of these (records without one are kept)."""
     license: str | None = None
+    """License recorded in every record's `meta.license` and in the dataset card."""
     mode: Literal["best", "all"] = "best"
     """OASST trees: follow the best-ranked reply (`best`) or take every root-to-leaf path (`all`)."""
     on_bad_record: Literal["drop", "error"] = "drop"
+    """A bad input record is dropped with its reason (`drop`) or stops the stage (`error`)."""
     on_truncated: Literal["drop", "error"] = "drop"
+    """A truncated JSON array: keep every complete record and drop the tail, or stop."""
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceSpec:

@@ -64,17 +64,23 @@ class TrainParams(Section):
     max_steps: int = 20
     """Optimizer steps; -1 = run `epochs` instead."""
     learning_rate: float = 2e-4
+    """Peak learning rate of AdamW."""
     lr_scheduler: Scheduler = "cosine"
+    """Learning-rate schedule after warm-up."""
     warmup: float = 0.1
     """Warm-up: a share of the steps when below 1, else a number of steps."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
     batch_size: int = 4
     """Rows per device per step (with packing: rows concatenated into one)."""
     grad_accum: int = 1
     """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
     eval_batch_size: int = 8
+    """Rows per device per evaluation step."""
     logging_steps: int = 1
+    """Log the training loss every this many steps (the loss curve's resolution)."""
     eval_steps: int = 0
     """Evaluate on val every this many steps; 0 = only at the end."""
     save_steps: int = 10

@@ -67,4 +67,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     cli.register(SanityError)
-    cli.run(main)
+    cli.run(main, stage="export")

@@ -26,7 +26,9 @@ def main() -> None:
         raise ParamsError(f"sources.{args.source}: no such source (have: {', '.join(sorted(sources))})")
     spec = sources[args.source]
     tally = ingest(args.source, spec, Path(args.out) / args.source)
-    report = tally.write(Path(args.reports) / f"{args.source}.json", format=tally.format, input_digest=digest(spec))
+    report = tally.write(
+        Path(args.reports) / f"{args.source}.json", format=tally.format, input_digest=digest(spec)
+    )
     dropped = sum(report["dropped"].values())
     print(
         f"ingest {args.source}: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}"
@@ -35,4 +37,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     cli.register(IngestError, SourceError)
-    cli.run(main)
+    cli.run(main, stage="ingest")

@@ -46,4 +46,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     cli.register(MixError)
-    cli.run(main)
+    cli.run(main, stage="mix")

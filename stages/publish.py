@@ -51,4 +51,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     cli.register(PublishError)
-    cli.run(main)
+    cli.run(main, stage="publish")

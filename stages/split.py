@@ -40,4 +40,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     cli.register(LeakageError)
-    cli.run(main)
+    cli.run(main, stage="split")

@@ -34,7 +34,7 @@ def write_lines(path: Path, lines: list[str | bytes]) -> Path:
 
 # What a fresh clone of the project holds, for tests that run `dvc repro` in a temporary copy.
 REPO_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
-REPO_DIRS = ("sftpipe", "stages", ".dvc", "data/raw")
+REPO_DIRS = ("sftpipe", "stages", ".dvc", "data/raw", "data/knowledge")
 
 
 def copy_repo(dest: Path) -> Path:
@@ -85,7 +85,7 @@ def format_table(rows: list[dict], tokenizer=None):
         if tokenizer is not None:
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            labels = [-100] * len(p_ids) + ids[len(p_ids):]
+            labels = [-100] * len(p_ids) + ids[len(p_ids) :]
         else:
             ids = list(range(1, 4))
             labels = [-100, 2, 3]
@@ -102,3 +102,23 @@ def format_table(rows: list[dict], tokenizer=None):
         ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("n_tokens", pa.int32()),
     ])  # fmt: skip
     return pa.Table.from_pylist(out, schema=schema)
+
+
+def set_params(repo: Path, **changes) -> dict:
+    """Rewrite the copy's params.yaml with `changes` applied (dotted keys: "mix.weights" = {...})."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+# The real SmolLM2 base and tiny exported datasets (train / evaluate / tracking tests); defined
+# here so that their session-scoped fixtures run once for every module.
+from tests.tiny_sft import base_dir, stage_repo, tiny_data  # noqa: E402, F401

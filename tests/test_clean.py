@@ -475,15 +475,12 @@ def test_corpora_end_to_end_status_and_accounting(corpora, tmp_path):
 
 @pytest.mark.slow
 def test_dvc_repro_clean_after_ingest(corpora, tmp_path):
-    from tests.conftest import copy_repo, dvc
+    from tests.conftest import copy_repo, dvc, set_params
 
     repo = copy_repo(tmp_path / "repo")
-    (repo / "params.yaml").write_text(
-        "sources:\n"
-        f"  libre:\n    path: {corpora / 'alpaca_libre_v2.jsonl'}\n"
-        f"  seeds:\n    path: {corpora / 'self_instruct_seed_tasks.jsonl'}\n"
-        "clean:\n  consecutive: merge\n"
-    )
+    sources = {"libre": {"path": str(corpora / "alpaca_libre_v2.jsonl")},
+               "seeds": {"path": str(corpora / "self_instruct_seed_tasks.jsonl")}}  # fmt: skip
+    set_params(repo, sources=sources, **{"clean.consecutive": "merge", "distill.enabled": False})
     out = dvc(repo, "repro", "clean").stdout
     assert "Running stage 'ingest@libre'" in out and "Running stage 'clean'" in out
     report = json.loads((repo / "reports/clean.json").read_text())
@@ -492,13 +489,13 @@ def test_dvc_repro_clean_after_ingest(corpora, tmp_path):
     assert report["inputs"] == [
         "data/interim/ingest/libre/records.jsonl",
         "data/interim/ingest/seeds/records.jsonl",
+        "data/interim/distill/records.jsonl",
     ]
     kept = list(read_jsonl(repo / "data/interim/clean/records.jsonl"))
     assert len(kept) == report["out"] and kept[0]["source"] == "libre" and kept[-1]["source"] == "seeds"
 
     # A clean param re-runs clean only; the ingests stay cached.
-    text = (repo / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(text.replace("consecutive: merge", "consecutive: drop"))
+    set_params(repo, **{"clean.consecutive": "drop"})
     assert set(json.loads(dvc(repo, "status", "clean", "--json").stdout)) == {"clean"}
     out = dvc(repo, "repro", "clean").stdout
     assert "Running stage 'clean'" in out and "Running stage 'ingest@libre'" not in out

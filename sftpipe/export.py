@@ -130,10 +130,10 @@ def sanity(parts: dict[str, pa.Table], tokenizer, max_length: int, samples: int,
         lengths = pc.list_value_length(table["input_ids"]).to_pylist()
         if lengths and max(lengths) > max_length:
             raise SanityError(f"{name}: a row has {max(lengths)} tokens > max_length {max_length}")
+        n_text = sum(orjson.loads(m).get("kind") == "text" for m in table["meta"].to_pylist())
         for column in ("prompt", "completion"):
             empty = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table[column])), 0)).as_py() or 0
-            is_text = [orjson.loads(m).get("kind") == "text" for m in table["meta"].to_pylist()]
-            if empty > sum(is_text) or (column == "completion" and empty):
+            if empty > n_text or (column == "completion" and empty):
                 raise SanityError(f"{name}: {empty} rows with an empty {column}")
         rows = table.slice(0, samples).select(["id", "text", "input_ids", "labels"]).to_pylist()
         for r in rows:

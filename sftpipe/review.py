@@ -143,7 +143,8 @@ def render(base: Revision, head: Revision, details: bool = True, max_sources: in
     else:
         lines.append("No metric changed.")
     kinds = ("added", "removed", "changed", "moved", "recounted")
-    diff = diff_examples(manifest(base), manifest(head))
+    rows_b, rows_h = manifest(base), manifest(head)
+    diff = diff_examples(rows_b, rows_h)
     samples_b, samples_h = (sample_texts(base), sample_texts(head)) if details else ({}, {})
     lines += ["", "### Examples", "", "| source | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     touched = sorted(diff, key=lambda s: (-sum(len(v) for v in diff[s].values()), s))
@@ -154,7 +155,7 @@ def render(base: Revision, head: Revision, details: bool = True, max_sources: in
         rest = touched[len(shown) :]
         totals = [sum(len(diff[s][k]) for s in rest) for k in kinds]
         lines.append(f"| {len(rest)} more sources | " + " | ".join(f"{n:,}" for n in totals) + " |")
-    all_sources = {v[0] for v in manifest(head).values()} | {v[0] for v in manifest(base).values()}
+    all_sources = {v[0] for v in rows_h.values()} | {v[0] for v in rows_b.values()}
     same = sorted(all_sources - set(diff))
     if same:
         lines += ["", f"Unchanged: {', '.join(same)}."]

@@ -9,7 +9,6 @@ The search multiplies one block of rows at a time against all embeddings, so mem
 from __future__ import annotations
 
 import importlib.resources
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,7 +39,6 @@ def model_dir(model: str) -> Path:
 
 def embed(texts: Iterable[str], model: str, batch_size: int, max_seq_length: int, total: int) -> np.ndarray:
     """Unit-length float32 embeddings, one row per text, computed on the CPU."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
     encoder = SentenceTransformer(str(model_dir(model)), device="cpu", local_files_only=True)

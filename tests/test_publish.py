@@ -425,6 +425,7 @@ def test_credentials_never_reach_params_lock_reports_or_logs(s3, tmp_path):
         mp.setenv("HF_ENDPOINT", hub.url)
         mp.setenv("HF_TOKEN", CANARY_TOKEN)
         mp.setenv("HF_HUB_DISABLE_XET", "1")
+        mp.delenv("HF_HUB_OFFLINE", raising=False)  # the fake hub is on loopback; offline mode would refuse it
         proc = dvc(repo, "repro", "--single-item", "publish")
         seen = {r["headers"].get("authorization") for r in hub.requests}
     assert f"Bearer {CANARY_TOKEN}" in seen  # the token did travel, to the hub only

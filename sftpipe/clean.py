@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator
-from multiprocessing import Pool
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from sftpipe.accounting import Tally
 from sftpipe.config import Section
+from sftpipe.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.pii import KINDS, Redactor
 from sftpipe.textnorm import normalize, prose
@@ -327,77 +327,33 @@ def _detector_factory():
     return factory
 
 
-# --- running over files, in order, on several processes ---
+# --- running over files, in order, on several processes or on Ray ---
 #
-# Workers get raw JSONL lines and hand back serialized lines: parsing and serializing are half of
-# the work, and doing them in the main process (plus pickling dicts both ways) would cap the stage
-# at one core. Lines are parsed and written with sftpipe.jsonio's options (`loads`, `dumps`), and
-# written through JsonlWriter as orjson Fragments, so the bytes are exactly what
-# read_jsonl -> JsonlWriter would give.
+# Workers read their own part of a file (sftpipe.engine) and hand back serialized lines: parsing
+# and serializing are half of the work, and doing them in the main process (plus pickling dicts
+# both ways) would cap the stage at one core. Lines are parsed and written with sftpipe.jsonio's
+# options (`loads`, `dumps`), and written through JsonlWriter as orjson Fragments, so the bytes are
+# exactly what read_jsonl -> JsonlWriter would give.
 
-# A chunk: (path, [(line number, raw line)]); a line's result:
-# (cleaned line or None, drop reason or None, detail, source).
-Chunk = tuple[str, list[tuple[int, bytes]]]
-LineResult = tuple[bytes | None, str | None, str, str]
-
-_WORKER: Cleaner | None = None
+# A line's result: (cleaned line, or the input line when dropped; drop reason or None; detail;
+# source).
+LineResult = tuple[bytes, str | None, str, str]
 
 
-def _init_worker(params: CleanParams) -> None:
-    global _WORKER
-    _WORKER = Cleaner(params)
-
-
-def _clean_chunk(chunk: Chunk, cleaner: Cleaner | None = None) -> tuple[list[LineResult], Counter, Counter]:
-    cleaner = cleaner or _WORKER
-    path, lines = chunk
-    records = []
-    for lineno, line in lines:
+def _clean_part(cleaner: Cleaner, part: Part) -> tuple[list[LineResult], Counter, Counter]:
+    records, lines = [], []
+    for lineno, line in part.lines():
         try:
             records.append(loads(line))
         except ValueError as exc:  # orjson.JSONDecodeError, as read_jsonl reports it
-            raise CleanError(f"{path}:{lineno}: invalid JSON: {exc}") from None
-    results, changed, replaced = cleaner.chunk(records)  # type: ignore[union-attr]
+            raise CleanError(f"{part.path}:{lineno}: invalid JSON: {exc}") from None
+        lines.append(line)
+    results, changed, replaced = cleaner.chunk(records)
     out = [
-        (dumps(rec) if rec is not None else None, reason, detail, original.get("source", "?"))
-        for original, (rec, reason, detail) in zip(records, results, strict=True)
+        (dumps(rec) if rec is not None else line, reason, detail, original.get("source", "?"))
+        for line, original, (rec, reason, detail) in zip(lines, records, results, strict=True)
     ]
     return out, changed, replaced
-
-
-def _chunks(paths: Iterable[Path], size: int) -> Iterator[Chunk]:
-    """Non-blank lines of every file, in order, `size` at a time (a chunk never spans files)."""
-    for path in paths:
-        batch: list[tuple[int, bytes]] = []
-        with open(path, "rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    batch.append((lineno, line.rstrip(b"\r\n")))
-                    if len(batch) == size:
-                        yield str(path), batch
-                        batch = []
-        if batch:
-            yield str(path), batch
-
-
-def _in_order(chunks: Iterable[Chunk], params: CleanParams, workers: int):
-    """(chunk, its results) in input order; at most a few chunks per worker in flight, so memory
-    stays flat however large the input (Pool.imap would read the whole input ahead)."""
-    if workers <= 1:
-        cleaner = Cleaner(params)
-        for chunk in chunks:
-            yield chunk, _clean_chunk(chunk, cleaner)
-        return
-    with Pool(workers, initializer=_init_worker, initargs=(params,)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append((chunk, pool.apply_async(_clean_chunk, (chunk,))))
-            if len(pending) >= 4 * workers:
-                chunk0, res = pending.popleft()
-                yield chunk0, res.get()
-        while pending:
-            chunk0, res = pending.popleft()
-            yield chunk0, res.get()
 
 
 def input_files(ingest_dir: str | Path, names: Iterable[str], extra: Iterable[str | Path] = ()) -> list[Path]:
@@ -417,13 +373,19 @@ def input_files(ingest_dir: str | Path, names: Iterable[str], extra: Iterable[st
 
 
 def clean(
-    inputs: list[Path], out_dir: str | Path, params: CleanParams, workers: int = 1, chunk_size: int = 256
+    inputs: list[Path],
+    out_dir: str | Path,
+    params: CleanParams,
+    workers: int = 1,
+    chunk_size: int = 1024,
+    engine: Engine = "local",
 ) -> tuple[Tally, dict]:
     """Clean every record of `inputs` (in order) into `out_dir`/{records,rejected}.jsonl.
 
     Returns the tally and the report's extra fields: inputs, per-source counts, PII replacements.
-    The output does not depend on `workers` or `chunk_size`.
+    The output does not depend on `workers`, `chunk_size` (lines per part) or `engine`.
     """
+    parts = [p for path in inputs for p in split_lines(path, chunk_size)]
     per_source: dict[str, Tally] = defaultdict(Tally)
     replaced: Counter[str] = Counter()
     with atomic_path(out_dir) as tmp:
@@ -431,24 +393,25 @@ def clean(
         with JsonlWriter(tmp / "records.jsonl") as out, JsonlWriter(tmp / "rejected.jsonl") as rejected:
             tally = Tally(rejected)
             progress = tqdm(desc="clean", unit=" rec", mininterval=1, disable=None)
-            for (_, lines), (results, changed, chunk_replaced) in _in_order(
-                _chunks(inputs, chunk_size), params, workers
-            ):
-                for (_, line), (cleaned, reason, detail, source) in zip(lines, results, strict=True):
+            results_by_part = ordered_map(
+                _clean_part, parts, setup=Cleaner, setup_args=(params,), engine=engine, workers=workers
+            )
+            for results, changed, chunk_replaced in results_by_part:
+                for line, reason, detail, source in results:
                     src = per_source[source]
                     tally.seen()
                     src.seen()
-                    if cleaned is None:
+                    if reason is not None:
                         tally.drop(reason, orjson.Fragment(line), detail=detail)
                         src.drop(reason)
                     else:
-                        out.write(orjson.Fragment(cleaned))
+                        out.write(orjson.Fragment(line))
                         tally.kept()
                         src.kept()
                 for name, n in changed.items():
                     tally.change(name, n)
                 replaced.update(chunk_replaced)
-                progress.update(len(lines))
+                progress.update(len(results))
             progress.close()
         tally.check()
     extra = {

@@ -34,8 +34,9 @@ class Params(Section):
     """Seed for every random choice (split, mix, sampling, training)."""
     workers: int = 0
     """Processes for CPU-heavy steps; 0 means every available core."""
-    engine: Literal["local"] = "local"
-    """Where the data stages run."""
+    engine: Literal["local", "ray"] = "local"
+    """Where ingest, clean, dedup and format run: `local` worker processes, or `ray` (Ray Data on
+    a local Ray instance, or the cluster at RAY_ADDRESS). Outputs are byte-identical either way."""
     sources: dict[str, SourceSpec]
     """Input datasets by name; each is its own `ingest@<name>` stage."""
     model: ModelParams = ModelParams()

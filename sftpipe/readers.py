@@ -19,6 +19,7 @@ import orjson
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 _WS = " \t\r\n"
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,24 @@ def read_file(path: Path, display: str | None = None) -> Iterator[tuple[dict, di
 def _jsonl(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
     with _open_bytes(path) as fh:
         for lineno, line in enumerate(fh, 1):
-            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]
-            if not line.strip():
-                continue
-            where = {"file": name, "line": lineno}
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield where, Bad("not_utf8", f"byte {exc.start}: {exc.reason}")
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield where, Bad("invalid_json", str(exc))
-                continue
-            yield where, row if isinstance(row, dict) else Bad("not_an_object", f"a {type(row).__name__}")
+            if (line[3:] if lineno == 1 and line.startswith(BOM) else line).strip():
+                yield jsonl_row(name, lineno, line)
+
+
+def jsonl_row(name: str, lineno: int, line: bytes) -> tuple[dict, dict | Bad]:
+    """One non-blank JSONL line as `(where, row)`."""
+    if lineno == 1 and line.startswith(BOM):
+        line = line[3:]
+    where = {"file": name, "line": lineno}
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return where, Bad("not_utf8", f"byte {exc.start}: {exc.reason}")
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return where, Bad("invalid_json", str(exc))
+    return where, row if isinstance(row, dict) else Bad("not_an_object", f"a {type(row).__name__}")
 
 
 def _json(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:

@@ -27,7 +27,7 @@ def main() -> None:
 
     params = load_params(args.params)
     inputs = input_files(args.ingest, params.sources, args.extra)
-    tally, extra = clean(inputs, args.out, params.clean, workers=params.n_workers)
+    tally, extra = clean(inputs, args.out, params.clean, workers=params.n_workers, engine=params.engine)
     report = tally.write(args.report, **extra)
     dropped = sum(report["dropped"].values())
     print(f"clean: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}")

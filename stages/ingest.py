@@ -21,11 +21,14 @@ def main() -> None:
     ap.add_argument("--reports", default="reports/ingest", help="folder for per-source reports")
     args = ap.parse_args()
 
-    sources = load_params(args.params).sources
+    params = load_params(args.params)
+    sources = params.sources
     if args.source not in sources:
         raise ParamsError(f"sources.{args.source}: no such source (have: {', '.join(sorted(sources))})")
     spec = sources[args.source]
-    tally = ingest(args.source, spec, Path(args.out) / args.source)
+    tally = ingest(
+        args.source, spec, Path(args.out) / args.source, engine=params.engine, workers=params.n_workers
+    )
     report = tally.write(
         Path(args.reports) / f"{args.source}.json", format=tally.format, input_digest=digest(spec)
     )

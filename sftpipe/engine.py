@@ -37,9 +37,11 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Part:
-    """Lines [first_line, first_line + n_lines) of `path`, at bytes [start, end)."""
+    """Lines [first_line, first_line + n_lines) of `path`, at bytes [start, end). `path` is as
+    the stage named it (for messages); `location` is where any worker on any node reads it."""
 
     path: str
+    location: str
     start: int
     end: int
     first_line: int
@@ -48,7 +50,7 @@ class Part:
 
     def lines(self) -> Iterator[tuple[int, bytes]]:
         """(line number, line without its newline) for every non-blank line of the part."""
-        with _open(self.path) as fh:
+        with _open(self.location) as fh:
             fh.seek(self.start)
             data = fh.read(self.end - self.start)
         for k, line in enumerate(data.split(b"\n"), self.first_line):
@@ -68,6 +70,7 @@ def split_lines(path: str | Path, lines_per_part: int) -> list[Part]:
     """Cut a line-delimited file into parts of `lines_per_part` lines (the last may be shorter),
     in one streaming pass that only counts newlines."""
     path = str(path)
+    location = path if "://" in path else os.path.abspath(path)  # a cluster worker has another cwd
     parts: list[Part] = []
     start = pos = count = 0
     first, last = 1, b"\n"
@@ -77,11 +80,11 @@ def split_lines(path: str | Path, lines_per_part: int) -> list[Part]:
             while (nl := block.find(b"\n", at)) >= 0:
                 at, count = nl + 1, count + 1
                 if count == lines_per_part:
-                    parts.append(Part(path, start, pos + at, first, count, len(parts)))
+                    parts.append(Part(path, location, start, pos + at, first, count, len(parts)))
                     start, first, count = pos + at, first + count, 0
             pos, last = pos + len(block), block[-1:]
     if pos > start:  # the last, shorter part; its last line may lack a newline
-        parts.append(Part(path, start, pos, first, count + (last != b"\n"), len(parts)))
+        parts.append(Part(path, location, start, pos, first, count + (last != b"\n"), len(parts)))
     return parts
 
 

@@ -11,8 +11,8 @@ import hashlib
 import math
 import random
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import field_validator
 
 from sftpipe.accounting import Tally
@@ -76,13 +76,15 @@ def sample(n_rows: int, target: int, rng: random.Random) -> list[tuple[int, int]
     return picks + [(i, whole) for i in sorted(extra)]
 
 
-def mix_train(train: pa.Table, params: MixParams, seed: int, tally: Tally) -> tuple[pa.Table, dict]:
-    """The mixed train table (in a seeded shuffled order) and per-source figures for the report.
+def train_rows(
+    ids: list[str], sources: list[str], params: MixParams, seed: int, tally: Tally
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Rows of the train split to write (in a seeded shuffled order), their copy numbers, and
+    per-source figures for the report.
 
     Accounting: rows not picked are dropped (`downsampled`, `excluded_source`); extra copies of
     picked rows count as `expanded`, so `in + expanded == out + dropped` holds.
     """
-    sources = train["source"].to_pylist()
     rows_of: dict[str, list[int]] = {}
     for i, s in enumerate(sources):
         rows_of.setdefault(s, []).append(i)
@@ -93,15 +95,14 @@ def mix_train(train: pa.Table, params: MixParams, seed: int, tally: Tally) -> tu
         for i, c in sample(available[s], n, _rng(seed, "mix", s)):
             idx.append(rows_of[s][i])
             copies.append(c)
-    ids = train["id"].to_pylist()
     order = sorted(
         range(len(idx)),
         key=lambda k: hashlib.blake2b(f"{seed}/{ids[idx[k]]}/{copies[k]}".encode(), digest_size=8).digest(),
     )
-    mixed = train.take(pa.array([idx[k] for k in order], pa.int64()))
-    mixed = mixed.append_column("copy", pa.array([copies[k] for k in order], pa.int32()))
-    tally.seen(train.num_rows)
-    tally.kept(mixed.num_rows)
+    rows = np.array([idx[k] for k in order], dtype=np.int64)
+    copy = np.array([copies[k] for k in order], dtype=np.int32)
+    tally.seen(len(ids))
+    tally.kept(len(rows))
     for s in available:
         distinct = min(want.get(s, 0), available[s])
         tally.expand(want.get(s, 0) - distinct)
@@ -119,21 +120,32 @@ def mix_train(train: pa.Table, params: MixParams, seed: int, tally: Tally) -> tu
         }
         for s in available
     }
-    return mixed, report
+    return rows, copy, report
+
+
+def eval_rows(sources: list[str], params: MixParams, seed: int, name: str, tally: Tally) -> np.ndarray:
+    """Rows val/test keep: their natural composition minus excluded sources, then down-sampled to
+    the split's size (seeded, without replacement, order kept)."""
+    tally.seen(len(sources))
+    excluded = {s for s, w in params.weights.items() if w == 0}
+    kept = [i for i, s in enumerate(sources) if s not in excluded]
+    if len(sources) > len(kept):
+        tally.dropped["excluded_source"] += len(sources) - len(kept)
+    size = params.val_size if name == "val" else params.test_size
+    if size is not None and len(kept) > size:
+        tally.dropped["downsampled"] += len(kept) - size
+        kept = [kept[k] for k in sorted(_rng(seed, "mix", name).sample(range(len(kept)), size))]
+    tally.kept(len(kept))
+    return np.array(kept, dtype=np.int64)
+
+
+def mix_train(train: pa.Table, params: MixParams, seed: int, tally: Tally) -> tuple[pa.Table, dict]:
+    """`train_rows` applied to a table in memory (the stage streams the same rows from disk)."""
+    rows, copy, report = train_rows(train["id"].to_pylist(), train["source"].to_pylist(), params, seed, tally)
+    return train.take(pa.array(rows)).append_column("copy", pa.array(copy)), report
 
 
 def mix_eval(table: pa.Table, params: MixParams, seed: int, name: str, tally: Tally) -> pa.Table:
-    """val/test keep their natural composition: minus excluded sources, then down-sampled to the
-    split's size (seeded, without replacement, order kept)."""
-    tally.seen(table.num_rows)
-    excluded = pa.array(sorted(s for s, w in params.weights.items() if w == 0), pa.string())
-    kept = table.filter(pc.invert(pc.is_in(table["source"], excluded)))
-    if table.num_rows > kept.num_rows:
-        tally.dropped["excluded_source"] += table.num_rows - kept.num_rows
-    size = params.val_size if name == "val" else params.test_size
-    if size is not None and kept.num_rows > size:
-        tally.dropped["downsampled"] += kept.num_rows - size
-        keep = sorted(_rng(seed, "mix", name).sample(range(kept.num_rows), size))
-        kept = kept.take(pa.array(keep, pa.int64()))
-    tally.kept(kept.num_rows)
-    return kept.append_column("copy", pa.array([0] * kept.num_rows, pa.int32()))
+    """`eval_rows` applied to a table in memory."""
+    kept = table.take(pa.array(eval_rows(table["source"].to_pylist(), params, seed, name, tally)))
+    return kept.append_column("copy", pa.array(np.zeros(kept.num_rows, dtype=np.int32)))

@@ -10,14 +10,15 @@ not a shuffled list, keeps the split stable: adding a source or a record moves n
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import model_validator
 
+from sftpipe.columnar import ROW_GROUP, read_column, text_hashes
 from sftpipe.config import Section
 
 SPLITS = ("train", "val", "test")
@@ -61,11 +62,11 @@ class _UnionFind:
 
 
 def groups(ids: list[str], clusters: list[str], texts: list[str]) -> list[int]:
-    """For each row, the index of its group's first row: rows sharing a cluster or a text are one group."""
+    """Group root per row: rows sharing a cluster or a text (any key of it, e.g. its hash) join."""
     uf = _UnionFind(len(ids))
     first: dict[tuple[str, str], int] = {}
     for i, (cluster, text) in enumerate(zip(clusters, texts, strict=True)):
-        for key in (("c", cluster), ("t", _hash(text))):
+        for key in (("c", cluster), ("t", text)):
             if key in first:
                 uf.union(first[key], i)
             else:
@@ -73,10 +74,20 @@ def groups(ids: list[str], clusters: list[str], texts: list[str]) -> list[int]:
     return [uf.find(i) for i in range(len(ids))]
 
 
-def assign(table: pa.Table, params: SplitParams, seed: int) -> list[str]:
-    """The split name of every row of `table` (needs columns id, source, cluster, text)."""
-    ids, sources = table["id"].to_pylist(), table["source"].to_pylist()
-    root = groups(ids, table["cluster"].to_pylist(), table["text"].to_pylist())
+def keys(src: str | Path | pa.Table) -> dict[str, list[str]]:
+    """What the split decides on, per row: id, source, cluster and a hash of the text; read
+    column by column (the text batch by batch), so the heavy columns never sit in memory."""
+    if isinstance(src, pa.Table):
+        cols = {c: src[c].to_pylist() for c in ("id", "source", "cluster")}
+        return {**cols, "text": [_hash(t) for t in src["text"].to_pylist()]}
+    return {**{c: read_column(src, c) for c in ("id", "source", "cluster")}, "text": text_hashes(src)}
+
+
+def assign(src: str | Path | pa.Table | dict, params: SplitParams, seed: int) -> list[str]:
+    """The split of every row (a table, a Parquet path, or its `keys`)."""
+    cols = src if isinstance(src, dict) else keys(src)
+    ids, sources = cols["id"], cols["source"]
+    root = groups(ids, cols["cluster"], cols["text"])
     members: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(root):
         members[r].append(i)
@@ -99,49 +110,47 @@ def assign(table: pa.Table, params: SplitParams, seed: int) -> list[str]:
     return out
 
 
-def overlap(tables: dict[str, pa.Table]) -> dict[str, int]:
-    """How many ids, rendered texts and clusters occur in more than one split (must all be 0)."""
+def overlap(parts: dict[str, dict[str, list[str]]]) -> dict[str, int]:
+    """How many ids, texts (by hash) and clusters more than one split holds; `parts` maps each
+    split to its `keys`."""
     result = {}
     for column in ("id", "text", "cluster"):
         seen: dict[str, str] = {}
         shared = set()
-        for name, table in tables.items():
-            for value in table[column].to_pylist():
-                key = _hash(value) if column == "text" else value
-                if seen.setdefault(key, name) != name:
-                    shared.add(key)
+        for name, cols in parts.items():
+            for value in cols[column]:
+                if seen.setdefault(value, name) != name:
+                    shared.add(value)
         result[column] = len(shared)
     return result
 
 
-def split(src: str | Path, params: SplitParams, seed: int) -> dict[str, pa.Table]:
-    """Read the format stage's table and return the three splits, each sorted by id."""
-    table = pq.read_table(src)
-    names = pa.array(assign(table, params, seed))
-    parts = {}
-    for name in SPLITS:
-        part = table.filter(pc.equal(names, name))
-        parts[name] = part.take(pc.sort_indices(part, sort_keys=[("id", "ascending")]))
+def split(src: str | Path, params: SplitParams, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Rows of `src` per split, each sorted by id, and the split's keys (for `overlap`, `counts`).
+    Raises LeakageError when an id, text or cluster would sit in two splits."""
+    cols = keys(src)
+    names = np.array(assign(cols, params, seed))
+    order = np.array(sorted(range(len(names)), key=cols["id"].__getitem__), dtype=np.int64)
+    rows = {name: order[names[order] == name] for name in SPLITS}
+    parts = {name: {c: [v[i] for i in r.tolist()] for c, v in cols.items()} for name, r in rows.items()}
     shared = overlap(parts)
     if any(shared.values()):
         raise LeakageError(f"examples shared between splits: {shared}")
-    return parts
+    return rows, parts
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> None:
-    """Deterministic Parquet: no pandas metadata, fixed row-group size, zstd."""
     from sftpipe.jsonio import atomic_path
 
     with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd", row_group_size=16384)
+        pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd", row_group_size=ROW_GROUP)
 
 
-def counts(parts: dict[str, pa.Table]) -> dict[str, dict]:
-    """Per split: total and per-source row counts."""
+def counts(parts: dict) -> dict[str, dict]:
+    """Rows per split and source; `parts` maps each split to a table or to its `keys`."""
     out = {}
-    for name, table in parts.items():
-        per_source: dict[str, int] = defaultdict(int)
-        for s in table["source"].to_pylist():
-            per_source[s] += 1
-        out[name] = {"total": table.num_rows, "by_source": dict(sorted(per_source.items()))}
+    for name, part in parts.items():
+        sources = part["source"].to_pylist() if isinstance(part, pa.Table) else part["source"]
+        per_source = Counter(sources)
+        out[name] = {"total": len(sources), "by_source": dict(sorted(per_source.items()))}
     return out

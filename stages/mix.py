@@ -7,14 +7,16 @@ reports/mix.json (per split accounting; per source: available, weight, target, s
 import argparse
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import numpy as np
+import pyarrow as pa
 
 from sftpipe import cli
 from sftpipe.accounting import Tally
-from sftpipe.jsonio import write_json
-from sftpipe.mix import MixError, mix_eval, mix_train
+from sftpipe.columnar import read_column, write_rows
+from sftpipe.jsonio import atomic_path, write_json
+from sftpipe.mix import MixError, eval_rows, train_rows
 from sftpipe.params import load_params
-from sftpipe.split import SPLITS, counts, write_parquet
+from sftpipe.split import SPLITS, counts
 
 
 def main() -> None:
@@ -27,20 +29,29 @@ def main() -> None:
 
     params = load_params(args.params)
     tallies = {n: Tally() for n in SPLITS}
-    parts = {n: pq.read_table(Path(args.input) / f"{n}.parquet") for n in SPLITS}
-    train, shares = mix_train(parts["train"], params.mix, params.seed, tallies["train"])
-    out = {
-        "train": train,
-        **{n: mix_eval(parts[n], params.mix, params.seed, n, tallies[n]) for n in ("val", "test")},
-    }
-    for name in SPLITS:
-        tallies[name].check()
-        write_parquet(out[name], Path(args.out) / f"{name}.parquet")
+    src = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}
+    # only id and source decide; the heavy columns stream from disk in the order decided here
+    ids, sources = read_column(src["train"], "id"), read_column(src["train"], "source")
+    rows, copies, shares = train_rows(ids, sources, params.mix, params.seed, tallies["train"])
+    picked = {"train": {"source": [sources[i] for i in rows.tolist()]}}
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir()
+        write_rows(
+            src["train"], rows, tmp / "train.parquet", extra={"copy": pa.array(copies)}, desc="mix train"
+        )
+        for name in ("val", "test"):
+            sources = read_column(src[name], "source")
+            kept = eval_rows(sources, params.mix, params.seed, name, tallies[name])
+            zeros = pa.array(np.zeros(len(kept), dtype=np.int32))
+            write_rows(src[name], kept, tmp / f"{name}.parquet", extra={"copy": zeros}, desc=f"mix {name}")
+            picked[name] = {"source": [sources[i] for i in kept.tolist()]}
+        for name in SPLITS:
+            tallies[name].check()
     total = Tally()
     for t in tallies.values():
         total.merge(t)
     report = {**total.as_dict(), "by_split": {n: t.as_dict() for n, t in tallies.items()}, "sources": shares}
-    write_json(args.report, {**report, "splits": counts(out)})
+    write_json(args.report, {**report, "splits": counts(picked)})
     print("mix: train " + ", ".join(f"{s} {v['target']} ({v['share']:.1%})" for s, v in shares.items()))
 
 

@@ -5,14 +5,15 @@ reports/split.json.
 """
 
 import argparse
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from sftpipe import cli
 from sftpipe.accounting import Tally
+from sftpipe.columnar import write_rows
+from sftpipe.jsonio import atomic_path
 from sftpipe.params import load_params
-from sftpipe.split import SPLITS, LeakageError, counts, overlap, split, write_parquet
+from sftpipe.split import SPLITS, LeakageError, counts, overlap, split
 
 
 def main() -> None:
@@ -24,12 +25,14 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    parts = split(args.input, params.split, params.seed)
+    rows, parts = split(args.input, params.split, params.seed)
     tally = Tally()
     tally.seen(pq.read_metadata(args.input).num_rows)
-    tally.kept(sum(t.num_rows for t in parts.values()))
-    for name in SPLITS:
-        write_parquet(parts[name], Path(args.out) / f"{name}.parquet")
+    tally.kept(sum(len(r) for r in rows.values()))
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir()
+        for name in SPLITS:
+            write_rows(args.input, rows[name], tmp / f"{name}.parquet", desc=f"split {name}")
     report = tally.write(args.report, splits=counts(parts), overlap=overlap(parts))
     print(
         "split: "

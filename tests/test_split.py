@@ -44,11 +44,19 @@ def test_deterministic_and_stable_when_a_source_is_added():
 def test_split_writes_sorted_parts_without_overlap(tmp_path):
     table = format_table([{"id": f"s/{i:03d}", "source": "s"} for i in range(100)])
     pq.write_table(table, tmp_path / "data.parquet")
-    parts = split(tmp_path / "data.parquet", SplitParams(val=0.1, test=0.1), seed=3)
-    assert {n: t.num_rows for n, t in parts.items()} == {"train": 80, "val": 10, "test": 10}
-    for t in parts.values():
-        assert t["id"].to_pylist() == sorted(t["id"].to_pylist())
+    rows, parts = split(tmp_path / "data.parquet", SplitParams(val=0.1, test=0.1), seed=3)
+    assert {n: len(r) for n, r in rows.items()} == {"train": 80, "val": 10, "test": 10}
+    ids = table["id"].to_pylist()
+    for name, r in rows.items():
+        assert [ids[i] for i in r] == sorted(ids[i] for i in r) == parts[name]["id"]
+    assert sorted(i for r in rows.values() for i in r.tolist()) == list(range(100))
     assert overlap(parts) == {"id": 0, "text": 0, "cluster": 0}
+
+
+def test_a_text_in_two_splits_is_leakage(tmp_path):
+    parts = {"train": {"id": ["a"], "text": ["h1"], "cluster": ["a"]},
+             "test": {"id": ["b"], "text": ["h1"], "cluster": ["b"]}}  # fmt: skip
+    assert overlap(parts) == {"id": 0, "text": 1, "cluster": 0}
 
 
 def test_identical_texts_are_kept_together_even_without_dedup():

@@ -27,6 +27,18 @@ BUCKET_BYTES = 1 << 30  # uncompressed bytes of rows held in memory at a time
 BATCH = 8192  # rows per read batch
 
 
+def batches(src: str | Path | pa.Table, columns: list[str]):
+    """`columns` of a Parquet file batch by batch (or of a table in memory, in one go)."""
+    if isinstance(src, pa.Table):
+        yield src.select(columns)
+        return
+    yield from pq.ParquetFile(src).iter_batches(columns=columns, batch_size=BATCH)
+
+
+def num_rows(src: str | Path | pa.Table) -> int:
+    return src.num_rows if isinstance(src, pa.Table) else pq.read_metadata(src).num_rows
+
+
 def read_column(path: str | Path, name: str) -> list:
     """One (small) column as Python values."""
     return pq.read_table(path, columns=[name])[name].to_pylist()

@@ -20,10 +20,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sftpipe.columnar import batches, num_rows
 from sftpipe.config import Section
 from sftpipe.jsonio import atomic_path
 
 STAGES = ("distill", "clean", "dedup", "format", "split", "mix", "export")
+Split = pa.Table | Path  # a split in memory, or its Parquet file (read batch by batch)
 BINS = (0, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192)
 
 
@@ -40,13 +42,17 @@ def _h(text: str, n: int = 16) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:n]
 
 
-def manifest_rows(parts: dict[str, pa.Table]) -> list[tuple[str, str, str, int, str]]:
+def manifest_rows(parts: dict[str, Split]) -> list[tuple[str, str, str, int, str]]:
     """(id, source, split, copies, text hash) per distinct example, sorted by id."""
     rows = {}
-    for split, table in parts.items():
-        copies = Counter(table["id"].to_pylist())
-        for rid, source, text in zip(*(table[c].to_pylist() for c in ("id", "source", "text")), strict=True):
-            rows[rid] = (rid, source, split, copies[rid], _h(text))
+    for split, src in parts.items():
+        seen: list[tuple[str, str, str]] = []
+        for batch in batches(src, ["id", "source", "text"]):
+            cols = [batch[c].to_pylist() for c in ("id", "source", "text")]
+            seen += [(rid, source, _h(text)) for rid, source, text in zip(*cols, strict=True)]
+        copies = Counter(rid for rid, _, _ in seen)
+        for rid, source, content in seen:
+            rows[rid] = (rid, source, split, copies[rid], content)
     return [rows[k] for k in sorted(rows)]
 
 
@@ -62,31 +68,66 @@ def write_manifest(rows: list[tuple], reports: Path, shards: int) -> None:
             (tmp / f"{b:03d}.tsv").write_text(header + "".join(buckets[b]), encoding="utf-8")
 
 
-def samples(parts: dict[str, pa.Table], k: int) -> dict[str, list[dict]]:
-    """Per source, the `k` examples with the smallest id hash: adding data moves nothing else."""
-    by_source: dict[str, list[tuple[str, dict]]] = defaultdict(list)
-    for split, table in parts.items():
-        cols = table.select(["id", "source", "messages"]).to_pylist()
+def samples(parts: dict[str, Split], k: int) -> dict[str, list[dict]]:
+    """Per source, the `k` examples with the smallest id hash: adding data moves nothing else.
+    Ids and sources decide; only the chosen rows' messages are read."""
+    by_source: dict[str, list[tuple[str, str, int, str]]] = defaultdict(list)
+    for split, src in parts.items():
         seen = set()
-        for r in cols:
-            if r["id"] in seen:
-                continue
-            seen.add(r["id"])
-            by_source[r["source"]].append(
-                (_h(r["id"]), {"id": r["id"], "split": split, "messages": orjson.loads(r["messages"])})
-            )
-    return {s: [r for _, r in sorted(v, key=lambda x: x[0])[:k]] for s, v in sorted(by_source.items())}
+        for row, (rid, source) in enumerate(zip(*(_column(src, c) for c in ("id", "source")), strict=True)):
+            if rid not in seen:
+                seen.add(rid)
+                by_source[source].append((_h(rid), rid, row, split))
+    chosen = {s: sorted(v)[:k] for s, v in sorted(by_source.items())}
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for picks in chosen.values():
+        for _, _, row, split in picks:
+            wanted[split].add(row)
+    messages = {split: _values_at(parts[split], "messages", rows) for split, rows in wanted.items()}
+    return {
+        s: [
+            {"id": rid, "split": split, "messages": orjson.loads(messages[split][row])}
+            for _, rid, row, split in v
+        ]
+        for s, v in chosen.items()
+    }
 
 
-def lengths(parts: dict[str, pa.Table]) -> dict[tuple[str, str], np.ndarray]:
+def _column(src: Split, name: str) -> list:
+    return [v for batch in batches(src, [name]) for v in batch[name].to_pylist()]
+
+
+def _values_at(src: Split, name: str, rows: set[int]) -> dict[int, object]:
+    """row -> value of one column, for a few rows, reading the column batch by batch."""
+    out, offset = {}, 0
+    for batch in batches(src, [name]):
+        hits = [r - offset for r in rows if offset <= r < offset + batch.num_rows]
+        for r, value in zip(hits, batch[name].take(pa.array(hits, pa.int64())).to_pylist(), strict=True):
+            out[r + offset] = value
+        offset += batch.num_rows
+    return out
+
+
+def lengths(parts: dict[str, Split]) -> dict[tuple[str, str], np.ndarray]:
     """Token lengths by (split, source)."""
     out = {}
-    for split, table in parts.items():
-        n = pc.list_value_length(table["input_ids"]).to_numpy()
-        src = np.asarray(table["source"].to_pylist(), dtype=object)
-        for s in sorted(set(src)):
-            out[(split, s)] = n[src == s]
+    for split, src in parts.items():
+        n, names = [], []
+        for batch in batches(src, ["source", "input_ids"]):
+            n.append(pc.list_value_length(batch["input_ids"]).to_numpy(zero_copy_only=False))
+            names += batch["source"].to_pylist()
+        n_all = np.concatenate(n) if n else np.zeros(0, int)
+        src_arr = np.asarray(names, dtype=object)
+        for s in sorted(set(names)):
+            out[(split, s)] = n_all[src_arr == s]
     return out
+
+
+def languages(parts: dict[str, Split], min_share: float = 0.01) -> list[str]:
+    """Languages (meta.lang) of at least `min_share` of the examples."""
+    langs = Counter(orjson.loads(m).get("lang") for src in parts.values() for m in _column(src, "meta"))
+    total = sum(langs.values()) or 1
+    return sorted(str(k) for k, v in langs.items() if k and v / total >= min_share)
 
 
 def histogram_rows(by: dict[tuple[str, str], np.ndarray]) -> list[dict]:
@@ -152,13 +193,13 @@ def stage_reports(reports: Path) -> dict[str, dict]:
     return out
 
 
-def metrics(parts: dict[str, pa.Table], reports: Path, by: dict[tuple[str, str], np.ndarray]) -> dict:
+def metrics(parts: dict[str, Split], reports: Path, by: dict[tuple[str, str], np.ndarray]) -> dict:
     from sftpipe.export import length_stats
 
     splits = {}
-    for split, table in parts.items():
-        c = Counter(table["source"].to_pylist())
-        splits[split] = {"total": table.num_rows, "by_source": dict(sorted(c.items()))}
+    for split, src in parts.items():
+        c = Counter(_column(src, "source"))
+        splits[split] = {"total": num_rows(src), "by_source": dict(sorted(c.items()))}
     sources: dict[str, dict] = defaultdict(dict)
     for split, v in splits.items():
         for s, n in v["by_source"].items():

@@ -5,11 +5,9 @@ under reports/ (see sftpipe/report.py). Compare two revisions with `python -m sf
 """
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 import orjson
-import pyarrow.parquet as pq
 
 from sftpipe import cli
 from sftpipe.card import render
@@ -17,6 +15,7 @@ from sftpipe.jsonio import atomic_path, write_json, write_jsonl
 from sftpipe.params import load_params
 from sftpipe.report import (
     histogram_rows,
+    languages,
     lengths,
     manifest_rows,
     metrics,
@@ -37,7 +36,7 @@ def main() -> None:
 
     params = load_params(args.params)
     p, reports = params.report, Path(args.reports)
-    parts = {n: pq.read_table(Path(args.input) / f"{n}.parquet") for n in SPLITS}
+    parts = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}  # read column by column
     by = lengths(parts)
     m = metrics(parts, reports, by)
     write_json(reports / "metrics.json", m)
@@ -51,12 +50,9 @@ def main() -> None:
     write_csv(reports / "plots" / "mix_shares.csv", [{"source": s, "share": v} for s, v in shares.items()])
     plot_pngs(reports / "plots", by, shares)
 
-    langs = Counter(orjson.loads(x).get("lang") for t in parts.values() for x in t["meta"].to_pylist())
-    total = sum(langs.values()) or 1
-    languages = sorted(str(k) for k, v in langs.items() if k and v / total >= 0.01)
     fmt = orjson.loads((reports / "format.json").read_bytes()) if (reports / "format.json").exists() else {}
     with atomic_path(reports / "dataset_card.md") as tmp:
-        tmp.write_text(render(p.dataset_name, params.sources, m, fmt, languages), encoding="utf-8")
+        tmp.write_text(render(p.dataset_name, params.sources, m, fmt, languages(parts)), encoding="utf-8")
     print(f"report: {sum(v['total'] for v in m['splits'].values())} examples; see reports/dataset_card.md")
 
 

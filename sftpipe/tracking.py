@@ -22,7 +22,9 @@ secret-looking environment variable is replaced by `***` in params, tags and tex
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -84,7 +86,10 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def dvc_md5(path: str | Path) -> str | None:
-    """The md5 DVC records for `path` (a file's md5, or a directory's `<md5>.dir`); None if absent."""
+    """The md5 DVC records for `path` (a file's md5, or a directory's `<md5>.dir`); None if absent.
+
+    Hashed through the repo's own DVC state (md5 by inode, size and mtime), so a file DVC has
+    hashed is not read again, and what is hashed here DVC does not read again after the stage."""
     path = Path(path)
     if not path.exists():
         return None
@@ -93,9 +98,23 @@ def dvc_md5(path: str | Path) -> str | None:
     from dvc_objects.fs import MemoryFileSystem
     from dvc_objects.fs.local import LocalFileSystem
 
-    odb = HashFileDB(MemoryFileSystem(), "/sftpipe-digests")
+    state = _dvc_state()
+    odb = HashFileDB(MemoryFileSystem(), "/sftpipe-digests", **({"state": state} if state else {}))
     _, _, obj = build(odb, str(path.resolve()), LocalFileSystem(), "md5", dry_run=True)
     return obj.hash_info.value
+
+
+@functools.cache
+def _dvc_state():
+    """The DVC state of the repo around the working directory, or None outside one."""
+    try:
+        from dvc.repo import Repo
+
+        repo = Repo()  # the workspace around the working directory (an experiment's, too)
+        atexit.register(repo.close)
+        return repo.state
+    except Exception:  # no DVC repo here (a test's temporary folder): hash without a state
+        return None
 
 
 def git_commit(cwd: str | Path | None = None) -> tuple[str | None, bool]:

@@ -32,7 +32,14 @@ def batches(src: str | Path | pa.Table, columns: list[str]):
     if isinstance(src, pa.Table):
         yield src.select(columns)
         return
-    yield from pq.ParquetFile(src).iter_batches(columns=columns, batch_size=BATCH)
+    yield from _batches(pq.ParquetFile(src), columns)
+
+
+def _batches(pf: pq.ParquetFile, columns: list[str] | None = None):
+    # one iter_batches per row group: a single one over the whole file keeps what it has read
+    # (about its compressed size) until the file is closed (pyarrow 25)
+    for rg in range(pf.metadata.num_row_groups):
+        yield from pf.iter_batches(batch_size=BATCH, row_groups=[rg], columns=columns)
 
 
 def num_rows(src: str | Path | pa.Table) -> int:
@@ -47,7 +54,7 @@ def read_column(path: str | Path, name: str) -> list:
 def text_hashes(path: str | Path, column: str = "text") -> list[str]:
     """blake2b-96 hex digest of every value of a (large) string column, read batch by batch."""
     out = []
-    for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=BATCH):
+    for batch in _batches(pq.ParquetFile(path), [column]):
         out.extend(hashlib.blake2b(t.encode(), digest_size=12).hexdigest() for t in batch[column].to_pylist())
     return out
 
@@ -101,7 +108,7 @@ def _bucket(pf: pq.ParquetFile, rows: np.ndarray, per_bucket: int, tmp: Path, de
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     offset = 0
     progress = tqdm(total=pf.metadata.num_rows, desc=desc, unit=" row", disable=None)
-    for batch in pf.iter_batches(batch_size=BATCH):
+    for batch in _batches(pf):
         lo, hi = np.searchsorted(sorted_rows, [offset, offset + batch.num_rows])
         if hi > lo:
             pos = by_row[lo:hi]

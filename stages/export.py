@@ -2,22 +2,21 @@
 metadata.json; fails when a sanity check fails (decoded tokens != text, overlong rows, empty
 prompts or completions, overlap between splits, bad collated shapes).
 
-Reads data/interim/mix/<split>.parquet and the tokenizer in models/base; writes data/processed/,
-reports/export.json and reports/sanity.json.
+Reads data/interim/mix/<split>.parquet (streamed in batches, so memory stays flat at any size) and
+the tokenizer in models/base; writes data/processed/, reports/export.json and reports/sanity.json.
 """
 
 import argparse
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
 from sftpipe import cli
 from sftpipe.accounting import Tally
-from sftpipe.export import SanityError, jsonl_rows, metadata, sanity, save_hf
-from sftpipe.jsonio import atomic_path, write_json, write_jsonl
+from sftpipe.export import SanityError, metadata, sanity, save_hf, survey, write_jsonl_formats, write_parquet
+from sftpipe.jsonio import atomic_path, write_json
 from sftpipe.params import load_params
-from sftpipe.split import SPLITS, counts, overlap
+from sftpipe.split import SPLITS
 
 DATA_SECTIONS = ("seed", "sources", "clean", "dedup", "format", "split", "mix", "export")
 
@@ -33,36 +32,28 @@ def main() -> None:
 
     params = load_params(args.params)
     p = params.export
-    parts = {n: pq.read_table(Path(args.input) / f"{n}.parquet") for n in SPLITS}
+    splits = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    max_length = params.format.max_length
-    checks = sanity(parts, tokenizer, max_length, p.sanity_samples, overlap(parts))
+    facts = survey(splits, p.sanity_samples)
+    checks = sanity(facts, tokenizer, params.format.max_length)
 
     data_params = {k: v for k, v in params.model_dump(mode="json").items() if k in DATA_SECTIONS}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        save_hf(parts, tmp / "hf")
-        for fmt in p.formats:
-            for name, table in parts.items():
-                write_jsonl(tmp / "jsonl" / fmt / f"{name}.jsonl", jsonl_rows(table, fmt))
+        save_hf(splits, tmp / "hf")
+        write_jsonl_formats(splits, p.formats, tmp / "jsonl")
         if p.parquet:
-            (tmp / "parquet").mkdir()
-            for name, table in parts.items():
-                pq.write_table(
-                    table.replace_schema_metadata(None),
-                    tmp / "parquet" / f"{name}.parquet",
-                    compression="zstd",
-                )
+            write_parquet(splits, tmp / "parquet")
         write_json(
-            tmp / "metadata.json", metadata(data_params, list(params.sources), parts, Path(args.reports))
+            tmp / "metadata.json", metadata(data_params, list(params.sources), facts, Path(args.reports))
         )
 
     tally = Tally()
-    tally.seen(sum(t.num_rows for t in parts.values()))
+    tally.seen(sum(f.rows for f in facts.splits.values()))
     tally.kept(tally.n_in)
     write_json(Path(args.reports) / "sanity.json", checks)
-    tally.write(Path(args.reports) / "export.json", splits=counts(parts), formats=list(p.formats))
-    print(f"export: {', '.join(f'{n} {t.num_rows}' for n, t in parts.items())} -> {args.out}")
+    tally.write(Path(args.reports) / "export.json", splits=facts.counts(), formats=list(p.formats))
+    print(f"export: {', '.join(f'{n} {f.rows}' for n, f in facts.splits.items())} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,27 @@
-"""export: DatasetDict with stable bytes, every JSONL format, and sanity checks that can fail."""
+"""export: DatasetDict with stable bytes, every JSONL format, sanity checks that can fail, and
+outputs that do not depend on the batch size they are streamed with."""
 
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
-from sftpipe.export import SanityError, jsonl_rows, sanity, save_hf, with_attention_mask
-from sftpipe.split import overlap
+from sftpipe import export
+from sftpipe.export import (
+    SanityError,
+    jsonl_rows,
+    length_stats,
+    metadata,
+    sanity,
+    save_hf,
+    survey,
+    with_attention_mask,
+    write_jsonl_formats,
+    write_parquet,
+)
+from sftpipe.split import counts, overlap
 from tests.conftest import format_table
 
 
@@ -68,21 +83,91 @@ def test_jsonl_formats():
 
 def test_sanity_passes_on_good_data_and_fails_on_each_problem(gpt2):
     parts = parts_for(gpt2)
-    checks = sanity(parts, gpt2, 64, 8, overlap(parts))
+    checks = sanity(survey(parts, 8), gpt2, 64)
     assert checks["split_overlap"] == {"id": 0, "text": 0, "cluster": 0}
     assert checks["collated_batch"]["shape"][0] == 4
+    assert checks["train"] == {
+        "rows": 4,
+        "decoded_ok": 4,
+        "max_tokens": max(pc.list_value_length(parts["train"]["input_ids"]).to_pylist()),
+    }
     with pytest.raises(SanityError, match="> max_length 3"):
-        sanity(parts, gpt2, 3, 8, overlap(parts))
+        sanity(survey(parts, 8), gpt2, 3)
     leaky = {**parts, "test": parts["train"].slice(0, 1)}
     with pytest.raises(SanityError, match="shared between splits"):
-        sanity(leaky, gpt2, 64, 8, overlap(leaky))
+        sanity(survey(leaky, 8), gpt2, 64)
     bad = parts["train"].set_column(
         parts["train"].schema.get_field_index("text"), "text", pa.array(["x"] * 4)
     )
     with pytest.raises(SanityError, match="decoded tokens differ"):
-        sanity({**parts, "train": bad}, gpt2, 64, 8, {"id": 0})
+        sanity(survey({**parts, "train": bad}, 8), gpt2, 64)
     empty = parts["val"].set_column(
         parts["val"].schema.get_field_index("completion"), "completion", pa.array([" "])
     )
     with pytest.raises(SanityError, match="empty completion"):
-        sanity({**parts, "val": empty}, gpt2, 64, 8, {"id": 0})
+        sanity(survey({**parts, "val": empty}, 8), gpt2, 64)
+
+
+def test_survey_counts_overlap_as_split_does():
+    rows = [{"id": f"s/{i}", "source": "s", "cluster": f"c{i // 2}"} for i in range(10)]
+    t = format_table(rows)
+    # train shares id s/0 (and its cluster, text) with test; val and test share cluster c3 only.
+    parts = {
+        "train": t.slice(0, 5),
+        "val": t.slice(6, 1),
+        "test": pa.concat_tables([t.slice(0, 1), t.slice(7, 3)]),
+    }
+    got = survey(parts, 2, batch_size=2).overlap
+    assert got == overlap(parts) == {"id": 1, "text": 1, "cluster": 2}
+
+
+def test_outputs_do_not_depend_on_batch_size(tmp_path, gpt2, monkeypatch):
+    """The streaming invariant: batch size 3 writes the same bytes as the default, and both hold exactly
+    what the whole tables hold."""
+    import datasets
+
+    monkeypatch.setattr(export, "HF_WRITE_ROWS", 4)  # several record batches and shards, even on 13 rows
+    monkeypatch.setattr(export, "HF_SHARD_ROWS", 8)
+    parts = parts_for(gpt2, n=15)
+    (tmp_path / "mix").mkdir()
+    files = {name: tmp_path / "mix" / f"{name}.parquet" for name in parts}
+    for name, table in parts.items():  # as mix writes them, but with row groups of 5 rows
+        pq.write_table(table, files[name], compression="zstd", row_group_size=5)
+    formats = ["prompt_completion", "text", "sharegpt", "alpaca", "messages"]
+    results = {}
+    for size in (3, export.BATCH_ROWS):
+        out = tmp_path / f"out{size}"
+        facts = survey(files, 5, size)
+        save_hf(files, out / "hf", size)
+        write_jsonl_formats(files, formats, out / "jsonl", size)
+        write_parquet(files, out / "parquet")
+        files_bytes = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        meta = metadata({"seed": 1}, ["s"], facts, tmp_path / "no-reports")
+        results[size] = (files_bytes, sanity(facts, gpt2, 64), meta)
+    assert results[3] == results[export.BATCH_ROWS]
+
+    out = tmp_path / "out3"
+    assert len(list((out / "hf" / "train").glob("data-*-of-00002.arrow"))) == 2
+    dsd = datasets.load_from_disk(str(out / "hf"))
+    for name, table in parts.items():
+        want = with_attention_mask(table).select(list(dsd[name].column_names)).to_pylist()
+        assert dsd[name].to_list() == want
+        assert pq.read_table(out / "parquet" / f"{name}.parquet").equals(table)
+        for fmt in formats:
+            lines = (out / "jsonl" / fmt / f"{name}.jsonl").read_text().splitlines()
+            assert [json.loads(x) for x in lines] == list(jsonl_rows(table, fmt))
+    _, checks, meta = results[3]
+    assert checks["train"] == {"rows": 13, "decoded_ok": 5, "max_tokens": meta["tokens"]["train"]["max"]}
+    assert meta["splits"] == counts(parts)
+    lengths = pc.list_value_length(parts["train"]["input_ids"]).to_pylist()
+    assert meta["tokens"]["train"] == length_stats(lengths)
+    assert meta["tokens"]["train"]["total"] == sum(lengths)
+
+
+def test_empty_split_saves_and_loads(tmp_path, gpt2):
+    import datasets
+
+    parts = parts_for(gpt2)
+    save_hf({**parts, "val": parts["val"].slice(0, 0)}, tmp_path / "hf")
+    dsd = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert dsd["val"].num_rows == 0 and dsd["val"].features == dsd["train"].features

@@ -16,6 +16,7 @@ from sftpipe.engine import ordered_map, split_lines
 from sftpipe.ingest import ingest
 from sftpipe.sources import SourceSpec
 from tests.conftest import GPT2, ROOT, copy_repo
+from tests.test_publish import moto_url, s3  # noqa: F401  (fixtures: a loopback S3)
 
 
 @pytest.mark.parametrize("content", [b"", b"a\nb\n\nc\n", b"a\nb\nc", b"\n\n\n", b"x\r\ny\r\n", b"x\n" * 10])
@@ -65,7 +66,9 @@ JSONL_SOURCES = {  # real corpora, with bad lines (alpaca-libre), trees (oasst),
 
 @pytest.mark.parametrize("name", sorted(JSONL_SOURCES))
 def test_parallel_ingest_writes_what_sequential_ingest_writes(tmp_path, corpora, name):
-    spec = SourceSpec.model_validate({**JSONL_SOURCES[name], "path": str(corpora / JSONL_SOURCES[name]["path"])})
+    spec = SourceSpec.model_validate(
+        {**JSONL_SOURCES[name], "path": str(corpora / JSONL_SOURCES[name]["path"])}
+    )
     reports = []
     for workers in (1, 2):
         tally = ingest(name, spec, tmp_path / f"w{workers}", workers=workers)
@@ -122,3 +125,14 @@ def test_ray_engine_writes_byte_identical_outputs(tmp_path, corpora, gpt2_dir):
     assert sorted(local) == sorted(ray)
     differ = [name for name in local if local[name] != ray[name]]
     assert not differ, f"ray and local outputs differ: {differ}"
+
+
+def test_parts_of_an_s3_object_read_what_the_local_file_holds(s3, corpora):  # noqa: F811
+    client, bucket = s3
+    local = corpora / "alpaca_libre_v2.jsonl"
+    client.put_object(Bucket=bucket, Key="in/libre.jsonl", Body=local.read_bytes())
+    remote = split_lines(f"s3://{bucket}/in/libre.jsonl", 500)
+    assert remote[0].location == f"s3://{bucket}/in/libre.jsonl"  # what a worker on any node opens
+    assert [ln for p in remote for ln in p.lines()] == [
+        ln for p in split_lines(local, 500) for ln in p.lines()
+    ]

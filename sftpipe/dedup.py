@@ -2,14 +2,28 @@
 deduplication across all sources at once, plus decontamination against evaluation sets.
 
 Two streaming passes over the input, so no record is held as a Python object beyond its batch:
-1. scan (in `workers` processes): per record its id, source, quality score (characters of
-   assistant content), exact key (hash of its normalized tokens, see `sftpipe.minhash`),
-   MinHash signature and evaluation-set n-gram matches;
-2. decide in memory on those arrays: contaminated records out; exact groups; LSH candidate
-   pairs among exact-group representatives, each verified on its tokens; union-find clusters;
-   optional semantic clusters; one survivor per cluster, the best by `priority` (listed sources
-   first, in order; the rest by name), then quality score, then id;
+1. scan, on the engine (`sftpipe.engine`: local worker processes, or Ray Data actors), over parts
+   of LINES_PER_PART input lines that each worker reads itself: per record its id, source,
+   quality score (characters of assistant content), exact key (hash of its normalized tokens, see
+   `sftpipe.minhash`), MinHash signature and evaluation-set n-gram matches. The workers write
+   each part's tokens to a temporary folder beside the output (`data/interim/.dedup-tokens-*`),
+   where verification reads them: on a Ray cluster that folder must be on a filesystem every
+   node shares, like the input;
+2. decide on those arrays: contaminated records out; exact groups; LSH candidate pairs among
+   exact-group representatives (on `engine: ray`, Ray Data groups the (band, bucket key, record)
+   rows by shards of buckets: the same pairs); each pair verified on its tokens (by whole
+   connected components of the candidate graph on the workers, when there are several); the
+   verdicts replayed in pair order through a union-find of clusters; optional semantic clusters;
+   one survivor per cluster, the best by `priority` (listed sources first, in order; the rest by
+   name), then quality score, then id;
 3. write: stream the input again, writing survivors (with `meta.cluster`) and rejected records.
+
+Outputs do not depend on the engine, the workers or the part size. What stays on the driver, per
+record: its id, a few numbers, its signature until the LSH step (4 * num_perm bytes), the candidate
+pairs and its union-find entry, about 2.3 KB per record at the peak (the driver's RSS peaked at
+290 MB for the 100,000 records of benchmarks/dedup.py, 60 MB of it the libraries): so clusters
+are computed where they fit, one machine's memory, about 400,000 records per GB of the driver;
+past that, exact groups and connected components would have to be distributed too (not done).
 
 Verification decides on the parts that differ: leading messages equal in both conversations
 (a shared system prompt, a shared first question) are set aside, then the rest must be similar
@@ -23,9 +37,11 @@ copy the share of the shorter sequence found in order in the longer one.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
+import pickle
 import tempfile
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +53,24 @@ from tqdm import tqdm
 from sftpipe.accounting import Tally
 from sftpipe.config import Section
 from sftpipe.decontam import EvalIndex
+from sftpipe.engine import Engine, EngineError, Part, init_ray, ordered_map, split_lines
 from sftpipe.jsonio import JsonlWriter, atomic_path, write_jsonl
-from sftpipe.minhash import candidate_pairs, codepoints, sequence_keys, shingles, signatures, tokenize
+from sftpipe.minhash import (
+    band_key,
+    bucket_pairs,
+    candidate_pairs,
+    codepoints,
+    sequence_keys,
+    shingles,
+    signatures,
+    tokenize,
+)
 
-CHUNK_BYTES = 2 << 20  # input bytes per scan task: big enough for numpy, small enough for memory
+LINES_PER_PART = 2048  # input lines per scan task (outputs never depend on it, nor on the workers)
+CHUNK_BYTES = 2 << 20  # input bytes tokenized at once: big enough for numpy, small enough for memory
+PAIRS_PER_TASK = 4096  # candidate pairs per verification task (whole components: some hold more)
+LSH_SHARDS = 64  # at least this many groups of LSH buckets on Ray, each paired in one call
+LSH_ROWS_PER_BLOCK = 16384  # signatures per Ray block
 MAX_LISTED = 20  # members shown per cluster in dedup_clusters.jsonl
 
 
@@ -108,20 +138,19 @@ def conversation_text(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-# ---------------------------------------------------------------- pass 1: scan (worker processes)
+# ---------------------------------------------------------------- pass 1: scan (on the engine)
 
-_CTX: dict = {}
 _ROLE = {"system": 1, "user": 2, "assistant": 3, "tool": 4}
 
 
-def _init(params: DedupParams, seed: int, index: EvalIndex | None, tmp: Path) -> None:
-    _CTX.update(params=params, seed=seed, index=index, tmp=tmp)
+def _scan_state(params: DedupParams, seed: int, index: EvalIndex | None, tmp: str) -> dict:
+    return {"params": params, "seed": seed, "index": index, "tmp": Path(tmp)}
 
 
-def _scan(task: tuple[int, list[bytes]]) -> dict:
-    """Arrays for one batch of records; its tokens go to a file, for verification later."""
-    chunk, lines = task
-    params: DedupParams = _CTX["params"]
+def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Arrays for one batch of records, and its tokens (as code points), message token offsets and
+    message roles."""
+    params: DedupParams = ctx["params"]
     recs = [orjson.loads(line) for line in lines]
     msgs = [m for r in recs for m in r["messages"]]
     n_msgs = np.fromiter((len(r["messages"]) for r in recs), dtype=np.int64, count=len(recs))
@@ -146,117 +175,141 @@ def _scan(task: tuple[int, list[bytes]]) -> dict:
         ),
         "keys": keys,
         "empty": empty,
-        "msg_start": msg_start,
-        "moff": moff,
-        "roles": roles,
+        "first": msg_start[:-1],
+        "n_msgs": n_msgs,
     }
+    cp = np.zeros(0, dtype=np.uint32)
     if params.near.enabled:
         grams, goff = shingles(tok, coff, params.near.ngram)
-        out["sigs"] = signatures(grams, goff, params.near.num_perm, _CTX["seed"])
-        codepoints(tok).tofile(_CTX["tmp"] / f"{chunk:06d}.u32")
-    index: EvalIndex | None = _CTX["index"]
+        out["sigs"] = signatures(grams, goff, params.near.num_perm, ctx["seed"])
+        cp = codepoints(tok)
+    index: EvalIndex | None = ctx["index"]
     if index:
         mask, count = index.match(tok, moff)  # per message: an eval text sits inside one turn
         rec_of = np.repeat(np.arange(len(recs)), n_msgs)
         out["cmask"] = np.zeros(len(recs), dtype=np.uint64)
         np.bitwise_or.at(out["cmask"], rec_of, mask)
         out["ccount"] = np.bincount(rec_of, weights=count, minlength=len(recs)).astype(np.int64)
-    return out
+    return out, cp, moff, roles
 
 
-def _batches(path: Path, offsets: list[int]):
-    """(number, lines) batches of about CHUNK_BYTES; appends each line's byte offset to `offsets`."""
-    batch: list[bytes] = []
-    size = pos = k = 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                batch.append(line)
-                offsets.append(pos)
-                size += len(line)
-                if size >= CHUNK_BYTES:
-                    yield k, batch
-                    batch, size, k = [], 0, k + 1
-            pos += len(line)
-    if batch:
-        yield k, batch
+def _by_size(lines: list[bytes], size: int):
+    """Runs of lines of about `size` bytes (the last may be shorter)."""
+    start = total = 0
+    for k, line in enumerate(lines):
+        total += len(line)
+        if total >= size:
+            yield lines[start : k + 1]
+            start, total = k + 1, 0
+    if start < len(lines):
+        yield lines[start:]
 
 
-def _ordered_map(pool, fn, tasks, ahead: int):
-    """pool.imap with at most `ahead` tasks in flight (imap reads its whole input at once)."""
-    pending: deque = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(fn, (task,)))
-        if len(pending) >= ahead:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+def _scan_part(ctx: dict, part: Part) -> dict | None:
+    """What pass 1 learns about a part's records (None for a part of blank lines). With near
+    duplicates on, the part's tokens, message token offsets and roles go to files in the temp dir,
+    where verification reads them."""
+    lines = [line for _, line in part.lines()]
+    if not lines:
+        return None
+    got: dict[str, list] = defaultdict(list)
+    moffs, roles = [np.zeros(1, dtype=np.int64)], []
+    n_msgs = n_tok = 0
+    near = ctx["params"].near.enabled
+    with open(_spill(ctx["tmp"], part.index, "u32"), "wb") if near else nullcontext() as tokens:
+        for batch in _by_size(lines, CHUNK_BYTES):  # bounded memory, whatever a part's bytes
+            out, cp, moff, role = _scan(ctx, batch)
+            out["first"] += n_msgs
+            for k, v in out.items():
+                got[k].append(v)
+            if near:
+                cp.tofile(tokens)
+                moffs.append(moff[1:] + n_tok)
+                roles.append(role)
+            n_msgs, n_tok = n_msgs + len(role), n_tok + int(moff[-1])
+    result = {
+        k: [x for v in vs for x in v] if k in ("ids", "sources") else np.concatenate(vs)
+        for k, vs in got.items()
+    }
+    if near:
+        np.save(_spill(ctx["tmp"], part.index, "moff.npy"), np.concatenate(moffs))
+        np.save(_spill(ctx["tmp"], part.index, "roles.npy"), np.concatenate(roles))
+    return result
+
+
+def _spill(tmp: Path, part: int, kind: str) -> Path:
+    return tmp / f"{part:06d}.{kind}"
+
+
+class _Tokens:
+    """Records as (role code, tokens as a string) per message, for verification, read from the
+    scan's files in `tmp` (each part's files opened once)."""
+
+    def __init__(self, tmp: str):
+        self.tmp = Path(tmp)
+        self.parts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def messages(self, part: int, first: int, n: int) -> list[tuple[int, str]]:
+        got = self.parts.get(part)
+        if got is None:
+            f = _spill(self.tmp, part, "u32")
+            empty = f.stat().st_size == 0  # mmap refuses empty files
+            tokens = np.zeros(0, np.uint32) if empty else np.memmap(f, dtype=np.uint32, mode="r")
+            moff, roles = (np.load(_spill(self.tmp, part, kind)) for kind in ("moff.npy", "roles.npy"))
+            got = self.parts[part] = (tokens, moff, roles)
+        tokens, moff, roles = got
+        return [
+            (int(roles[k]), tokens[moff[k] : moff[k + 1]].tobytes().decode("utf-32-le"))
+            for k in range(first, first + n)
+        ]
 
 
 class _Scan:
     """What pass 1 learns about every record, as flat arrays (tokens stay in files under `tmp`)."""
 
-    def __init__(self, path: Path, params: DedupParams, seed: int, workers: int, index, tmp: Path):
-        offsets: list[int] = []
-        parts: dict[str, list] = defaultdict(list)
-        progress = tqdm(desc="dedup scan", unit=" rec", disable=None)
-        tasks = _batches(path, offsets)
-        if workers > 1:
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers, initializer=_init, initargs=(params, seed, index, tmp)) as pool:
-                for got in _ordered_map(pool, _scan, tasks, 2 * workers):
-                    self._add(parts, got, progress)
-        else:
-            _init(params, seed, index, tmp)
-            for task in tasks:
-                self._add(parts, _scan(task), progress)
+    def __init__(
+        self, path: Path, params: DedupParams, seed: int, index, tmp: Path, engine: Engine, workers: int
+    ):
+        self.parts = split_lines(path, LINES_PER_PART)
+        got: dict[str, list] = defaultdict(list)
+        chunk: list[np.ndarray] = []
+        progress = tqdm(
+            total=sum(p.n_lines for p in self.parts), desc="dedup scan", unit=" line", disable=None
+        )
+        results = ordered_map(
+            _scan_part, self.parts, setup=_scan_state, setup_args=(params, seed, index, str(tmp)),
+            engine=engine, workers=workers,
+        )  # fmt: skip
+        for part, result in zip(self.parts, results, strict=True):
+            progress.update(part.n_lines)
+            if result is None:
+                continue
+            for k, v in result.items():
+                got[k].append(v)
+            chunk.append(np.full(len(result["ids"]), part.index, dtype=np.int64))
         progress.close()
         self.tmp = tmp
-        self.offsets = np.array(offsets, dtype=np.int64)
-        self.ids: list[str] = [i for p in parts["ids"] for i in p]
-        names = sorted({s for p in parts["sources"] for s in p})
+        self.ids: list[str] = [i for p in got["ids"] for i in p]
+        names = sorted({s for p in got["sources"] for s in p})
         code = {s: k for k, s in enumerate(names)}
         self.source_names = names
-        self.sources = np.array([code[s] for p in parts["sources"] for s in p], dtype=np.int32)
+        self.sources = np.array([code[s] for p in got["sources"] for s in p], dtype=np.int32)
         n = len(self.ids)
-        cat = lambda key, dtype: np.concatenate(parts[key]) if parts[key] else np.zeros(n, dtype=dtype)  # noqa: E731
+        cat = lambda key, dtype: np.concatenate(got[key]) if got[key] else np.zeros(n, dtype=dtype)  # noqa: E731
         self.scores = cat("scores", np.int64)
         self.keys = cat("keys", np.uint64)
         self.empty = cat("empty", bool)
         self.cmask = cat("cmask", np.uint64)
         self.ccount = cat("ccount", np.int64)
-        self.sigs = np.concatenate(parts["sigs"]) if parts["sigs"] else None
-        # where each record's messages and tokens are: its batch, and its first message there
-        sizes = [len(p) for p in parts["ids"]]
-        self.chunk = np.repeat(np.arange(len(sizes)), sizes)
-        self.first = np.concatenate([ms[:-1] for ms in parts["msg_start"]]) if n else np.zeros(0, np.int64)
-        self.n_msgs = (
-            np.concatenate([np.diff(ms) for ms in parts["msg_start"]]) if n else np.zeros(0, np.int64)
-        )
-        self.moff, self.roles = parts["moff"], parts["roles"]
-        self._tokens: dict[int, np.memmap] = {}
+        self.sigs = np.concatenate(got["sigs"]) if got["sigs"] else None
+        # where each record's messages and tokens are: its part, and its first message there
+        self.chunk = np.concatenate(chunk) if chunk else np.zeros(0, np.int64)
+        self.first = cat("first", np.int64)
+        self.n_msgs = cat("n_msgs", np.int64)
 
-    @staticmethod
-    def _add(parts: dict, got: dict, progress) -> None:
-        for k, v in got.items():
-            parts[k].append(v)
-        progress.update(len(got["ids"]))
-
-    def messages(self, i: int) -> list[tuple[int, str]]:
-        """Record `i` as (role code, tokens as a string) per message, for verification."""
-        c = int(self.chunk[i])
-        tokens = self._tokens.get(c)
-        if tokens is None:
-            f = self.tmp / f"{c:06d}.u32"
-            empty = f.stat().st_size == 0  # mmap refuses empty files
-            tokens = np.zeros(0, np.uint32) if empty else np.memmap(f, dtype=np.uint32, mode="r")
-            self._tokens[c] = tokens
-        moff, roles = self.moff[c], self.roles[c]
-        lo = int(self.first[i])
-        return [
-            (int(roles[k]), tokens[moff[k] : moff[k + 1]].tobytes().decode("utf-32-le"))
-            for k in range(lo, lo + int(self.n_msgs[i]))
-        ]
+    def where(self, rows: np.ndarray) -> np.ndarray:
+        """(part, first message, messages) of each row: what `_Tokens.messages` takes."""
+        return np.stack([self.chunk[rows], self.first[rows], self.n_msgs[rows]], axis=-1)
 
 
 # ---------------------------------------------------------------- pass 2: decide
@@ -290,16 +343,6 @@ class _UnionFind:
         other = _UnionFind(self.rank)
         other.parent = list(self.parent)
         return other
-
-
-def _read(path: Path, offsets: np.ndarray, rows) -> dict[int, dict]:
-    """Records at the given rows, read by byte offset (in file order)."""
-    out = {}
-    with open(path, "rb") as fh:
-        for i in sorted(rows):
-            fh.seek(int(offsets[i]))
-            out[i] = orjson.loads(fh.readline())
-    return out
 
 
 def _related(x: str, y: str, threshold: float) -> bool:
@@ -345,15 +388,20 @@ def verify(a: list[tuple[int, str]], b: list[tuple[int, str]], near: NearParams)
     return all(_related(x, y, near.part_threshold) for x, y in pairs)
 
 
-def _semantic_texts(path: Path, offsets: np.ndarray, rows: np.ndarray, max_chars: int):
-    step = 2000
-    for lo in range(0, len(rows), step):
-        recs = _read(path, offsets, rows[lo : lo + step])
-        for i in rows[lo : lo + step]:
-            yield "\n".join(m["content"] for m in recs[i]["messages"] if m["role"] != "system")[:max_chars]
+def _semantic_texts(scan: _Scan, rows: np.ndarray, max_chars: int):
+    """The text to embed of each of `rows` (ascending), reading only the parts that hold them."""
+    starts = np.searchsorted(scan.chunk, np.arange(len(scan.parts)))  # each part's first row
+    parts, first = np.unique(scan.chunk[rows], return_index=True)
+    for p, lo, hi in zip(parts.tolist(), first.tolist(), [*first[1:].tolist(), len(rows)], strict=True):
+        lines = [line for _, line in scan.parts[p].lines()]
+        for i in rows[lo:hi].tolist():
+            rec = orjson.loads(lines[i - starts[p]])
+            yield "\n".join(m["content"] for m in rec["messages"] if m["role"] != "system")[:max_chars]
 
 
-def _exact_and_near(scan: _Scan, params: DedupParams) -> tuple[_UnionFind, np.ndarray, dict]:
+def _exact_and_near(
+    scan: _Scan, params: DedupParams, engine: Engine, workers: int
+) -> tuple[_UnionFind, np.ndarray, dict]:
     """Union-find over all records after the exact and near-duplicate passes, the exact-group
     root of each record, and the near pass's counters."""
     n = len(scan.ids)
@@ -379,22 +427,27 @@ def _exact_and_near(scan: _Scan, params: DedupParams) -> tuple[_UnionFind, np.nd
     if not (params.near.enabled and scan.sigs is not None):
         return uf, exact_root, stats
     reps = alive[(exact_root[alive] == alive) & ~scan.empty[alive]]
-    pairs = reps[candidate_pairs(scan.sigs[reps], params.near.bands, params.near.max_bucket)]
+    near = params.near
+    if engine == "ray":
+        found = _ray_candidate_pairs(scan.sigs[reps], near.bands, near.max_bucket, workers)
+    else:
+        found = candidate_pairs(scan.sigs[reps], near.bands, near.max_bucket)
+    pairs = reps[found]
     scan.sigs = None
+    status = _check_pairs(pairs, scan.where(pairs), near, str(scan.tmp), engine, workers)
+    # replayed in pair order through the clusters: a pair the workers skipped must be joined by now
     verified = rejected = skipped = 0
-    last, conv_a = -1, None
-    for a, b in tqdm(pairs.tolist(), desc="dedup verify", unit=" pair", disable=None):
-        if uf.find(a) == uf.find(b):
+    for (a, b), got in zip(pairs.tolist(), status.tolist(), strict=True):
+        joined = uf.find(a) == uf.find(b)
+        if joined != (got == SKIPPED):
+            raise RuntimeError(f"dedup: verification of ({ids[a]}, {ids[b]}) went astray (a bug)")
+        if joined:
             skipped += 1
-            continue
-        if a != last:  # pairs come sorted by their first record: read it once
-            last, conv_a = a, scan.messages(a)
-        if verify(conv_a, scan.messages(b), params.near):
+        elif got == SAME:
             uf.union(a, b)
             verified += 1
         else:
             rejected += 1
-    scan._tokens.clear()
     stats["near"] = {
         "candidate_pairs": len(pairs),
         "verified": verified,
@@ -402,6 +455,201 @@ def _exact_and_near(scan: _Scan, params: DedupParams) -> tuple[_UnionFind, np.nd
         "skipped_already_clustered": skipped,
     }
     return uf, exact_root, stats
+
+
+# ---------------------------------------------------------------- pass 2 on workers
+
+SKIPPED, SAME, DIFFERENT = 0, 1, 2  # what became of a candidate pair
+
+
+def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Verify candidate pairs in their order, skipping a pair whose records are already joined
+    through pairs verified before it (an own union-find over the records seen). Over whole
+    components of the candidate graph this skips and verifies exactly the pairs that the same loop
+    over all pairs would: components never share a record, so they cannot affect each other."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        root = x
+        while (up := parent.get(root, root)) != root:
+            root = up
+        while x != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    out = np.empty(len(pairs), dtype=np.int8)
+    tokens = _Tokens(tmp)
+    last, conv_a = None, None
+    for k, ((a, b), (where_a, where_b)) in enumerate(zip(pairs.tolist(), where.tolist(), strict=True)):
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            out[k] = SKIPPED
+            continue
+        if a != last:  # pairs come sorted by their first record: read it once
+            last, conv_a = a, tokens.messages(*where_a)
+        if verify(conv_a, tokens.messages(*where_b), near):
+            parent[ra] = rb
+            out[k] = SAME
+        else:
+            out[k] = DIFFERENT
+    return out
+
+
+@dataclass(frozen=True)
+class _PairTask:
+    """Candidate pairs (whole components, in pair order) and where each record's tokens are."""
+
+    index: int
+    pairs: np.ndarray  # [k, 2] records
+    where: np.ndarray  # [k, 2, 3] (part, first message, messages) of both records
+
+
+def _verify_state(near: NearParams, tmp: str) -> tuple[NearParams, str]:
+    return near, tmp
+
+
+def _verify_task(ctx: tuple[NearParams, str], task: _PairTask) -> np.ndarray:
+    return _verify_in_order(*ctx, task.pairs, task.where)
+
+
+def _pair_tasks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
+    """The pair numbers (ascending) of each verification task: connected components of the
+    candidate graph, taken in the order of their first pair until a task holds `size` pairs."""
+    nodes, local = np.unique(pairs, return_inverse=True)
+    parent = list(range(len(nodes)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    ends = local.reshape(-1, 2).tolist()
+    for a, b in ends:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+    comp = np.array([find(a) for a, _ in ends], dtype=np.int64)
+    _, first, label = np.unique(comp, return_index=True, return_inverse=True)
+    seq = np.empty(len(first), dtype=np.int64)  # components numbered by their first pair
+    seq[np.argsort(first)] = np.arange(len(first))
+    comp_seq = seq[label]
+    task_of, task, filled = [], 0, 0
+    for count in np.bincount(comp_seq).tolist():
+        task_of.append(task)
+        filled += count
+        if filled >= size:
+            task, filled = task + 1, 0
+    task_ids = np.array(task_of, dtype=np.int64)[comp_seq]
+    order = np.argsort(task_ids, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(task_ids))[:-1]) if len(pairs) else []
+
+
+def _check_pairs(
+    pairs: np.ndarray, where: np.ndarray, near: NearParams, tmp: str, engine: Engine, workers: int
+) -> np.ndarray:
+    """SKIPPED, SAME or DIFFERENT for each candidate pair, as one loop over all of them in order
+    would find; the components of the candidate graph go to the engine's workers, which read the
+    records' tokens from the spill files."""
+    size = max(1, min(PAIRS_PER_TASK, -(-len(pairs) // max(1, workers))))
+    tasks = _pair_tasks(pairs, size)
+    jobs = [_PairTask(k, pairs[t], where[t]) for k, t in enumerate(tasks)]
+    if engine == "ray":
+        results = _ray_verify(jobs, near, tmp, workers)
+    else:
+        results = ordered_map(
+            _verify_task, jobs, setup=_verify_state, setup_args=(near, tmp), workers=workers
+        )
+    status = np.full(len(pairs), -1, dtype=np.int8)
+    with tqdm(total=len(pairs), desc="dedup verify", unit=" pair", disable=None) as progress:
+        for t, got in zip(tasks, results, strict=True):
+            status[t] = got
+            progress.update(len(t))
+    return status
+
+
+def _ray_verify_rows(batch: dict, near: NearParams, tmp: str) -> dict:
+    tasks = [pickle.loads(blob) for blob in batch["task"]]
+    done = [pickle.dumps(_verify_in_order(near, tmp, t.pairs, t.where), protocol=5) for t in tasks]
+    return {"index": batch["index"], "status": done}
+
+
+def _ray_verify(jobs: list[_PairTask], near: NearParams, tmp: str, workers: int):
+    """Verification tasks as Ray tasks, a row each (so a component is never cut); results in order."""
+    if not jobs:
+        return
+    import ray
+
+    init_ray(workers)
+    rows = [{"index": j.index, "task": pickle.dumps(j, protocol=5)} for j in jobs]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        _ray_verify_rows, fn_kwargs={"near": near, "tmp": tmp}, batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=max(1, workers)), num_cpus=1,
+    )  # fmt: skip
+    for expected, row in enumerate(ds.iter_rows()):
+        if int(row["index"]) != expected:
+            raise EngineError(
+                f"engine: ray returned verification task {row['index']} where {expected} was due"
+            )
+        yield pickle.loads(row["status"])
+
+
+def _band_rows(batch: dict, bands: int, shards: int) -> dict:
+    """One row per record and band: its bucket key, and the shard that holds the bucket."""
+    sigs, rows = batch["sig"], batch["row"]
+    keys = np.concatenate([band_key(sigs, band, bands) for band in range(bands)])
+    return {
+        "shard": (keys % np.uint64(shards)).astype(np.int64),
+        "band": np.repeat(np.arange(bands, dtype=np.int64), len(rows)),
+        "key": keys,
+        "row": np.tile(rows, bands),
+    }
+
+
+def _shard_pairs(group: dict, max_bucket: int, n: int) -> dict:
+    """`candidate_pairs` over whole buckets: rows of one (band, key) in ascending order, as there."""
+    band, key, row = group["band"], group["key"], group["row"]
+    order = np.lexsort((row, key, band))
+    band, key, row = band[order], key[order], row[order]
+    new = np.ones(len(row), dtype=bool)
+    new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
+    pairs = bucket_pairs(row, new, max_bucket)
+    return {"code": pairs[:, 0] * n + pairs[:, 1]}
+
+
+def _ray_candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int, workers: int) -> np.ndarray:
+    """`minhash.candidate_pairs` on Ray Data: (band, bucket key, row) rows grouped by shards of
+    buckets, each shard's buckets paired at once (a call per bucket would cost more than the work)."""
+    import pyarrow as pa
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    n = len(sigs)
+    if not n:
+        return np.zeros((0, 2), dtype=np.int64)
+    init_ray(workers)
+    shards = max(LSH_SHARDS, 4 * workers)
+    blocks = [
+        pa.table(
+            {
+                "row": np.arange(lo, min(lo + LSH_ROWS_PER_BLOCK, n)),
+                "sig": ArrowTensorArray.from_numpy(sigs[lo : lo + LSH_ROWS_PER_BLOCK]),
+            }
+        )
+        for lo in range(0, n, LSH_ROWS_PER_BLOCK)
+    ]
+    ds = ray.data.from_arrow(blocks)
+    # this dataset's own context: a sort shuffle measured far faster here than a hash shuffle
+    ds.context.shuffle_strategy = "sort_shuffle_pull_based"
+    ds = ds.map_batches(
+        _band_rows, fn_kwargs={"bands": bands, "shards": shards}, batch_size=None, batch_format="numpy"
+    )
+    ds = ds.groupby("shard", num_partitions=max(1, workers)).map_groups(
+        _shard_pairs, fn_kwargs={"max_bucket": max_bucket, "n": n}, batch_format="numpy"
+    )
+    codes = [b["code"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    codes = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *codes]))
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 def dedup(
@@ -412,9 +660,11 @@ def dedup(
     params: DedupParams,
     seed: int = 42,
     workers: int = 1,
+    engine: Engine = "local",
 ) -> dict:
     """Deduplicate and decontaminate `input_path` into `out_dir`/{records,rejected}.jsonl; write the
-    report and the largest clusters; return the report."""
+    report and the largest clusters; return the report. The scan, and on `engine: ray` also the
+    LSH buckets, run on the engine's `workers`; verification too when there are several."""
     path = Path(input_path)
     index = (
         EvalIndex(params.decontaminate.sets, params.decontaminate.ngram)
@@ -423,8 +673,9 @@ def dedup(
     )
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-tokens-", dir=Path(out_dir).parent) as tmp:
-        scan = _Scan(path, params, seed, workers, index, Path(tmp))
-        uf, exact_root, stats = _exact_and_near(scan, params)
+        # absolute: a Ray worker, here or on another node, has another working directory
+        scan = _Scan(path, params, seed, index, Path(tmp).absolute(), engine, workers)
+        uf, exact_root, stats = _exact_and_near(scan, params, engine, workers)
     n = len(scan.ids)
     ids = scan.ids
     rank = uf.rank
@@ -439,7 +690,7 @@ def dedup(
         sem = params.semantic
         roots = np.array([i for i in alive.tolist() if near_root[i] == i], dtype=np.int64)
         vecs = embed(
-            _semantic_texts(path, scan.offsets, roots, sem.max_seq_length * 8),
+            _semantic_texts(scan, roots, sem.max_seq_length * 8),
             sem.model, sem.batch_size, sem.max_seq_length, len(roots),
         )  # fmt: skip
         pairs = roots[similar_pairs(vecs, sem.threshold, sem.block)]

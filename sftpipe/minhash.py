@@ -156,31 +156,47 @@ def candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int) -> np.ndarray
     Within a bucket every pair is a candidate; a bucket larger than `max_bucket` pairs each row
     only with the next `max_bucket - 1` rows, so a huge family of look-alikes cannot go quadratic.
     """
-    n, num_perm = sigs.shape
-    rows = num_perm // bands
+    n = len(sigs)
     found = []
     for band in range(bands):
-        key = np.zeros(n, dtype=np.uint64)
-        for col in range(band * rows, (band + 1) * rows):
-            key = key * _Q + sigs[:, col].astype(np.uint64)
+        key = band_key(sigs, band, bands)
         order = np.argsort(key, kind="stable")
         k = key[order]
         new = np.ones(n, dtype=bool)
         new[1:] = k[1:] != k[:-1]
-        run = np.cumsum(new) - 1
-        run_end = np.append(np.flatnonzero(new)[1:], n)[run]  # exclusive end of each row's bucket
-        later = np.minimum(run_end - np.arange(n) - 1, max_bucket - 1)
-        total = int(later.sum())
-        if not total:
-            continue
-        left = np.repeat(np.arange(n), later)
-        step = np.arange(total) - np.repeat(np.cumsum(later) - later, later) + 1
-        a, b = order[left], order[left + step]
-        found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+        pairs = bucket_pairs(order, new, max_bucket)
+        if len(pairs):
+            found.append(pairs)
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(found).astype(np.int64) @ np.array([n, 1], dtype=np.int64))
     return np.stack([codes // n, codes % n], axis=1)
+
+
+def band_key(sigs: np.ndarray, band: int, bands: int) -> np.ndarray:
+    """The LSH bucket key (uint64) of every row in one band."""
+    rows = sigs.shape[1] // bands
+    key = np.zeros(len(sigs), dtype=np.uint64)
+    for col in range(band * rows, (band + 1) * rows):
+        key = key * _Q + sigs[:, col].astype(np.uint64)
+    return key
+
+
+def bucket_pairs(rows: np.ndarray, new: np.ndarray, max_bucket: int) -> np.ndarray:
+    """Candidate pairs (min, max) of buckets laid out one after another: `rows` in bucket order,
+    ascending within a bucket, `new` true where a bucket starts. Each row pairs with the next
+    `max_bucket - 1` rows of its bucket at most."""
+    n = len(rows)
+    run = np.cumsum(new) - 1
+    run_end = np.append(np.flatnonzero(new)[1:], n)[run]  # exclusive end of each row's bucket
+    later = np.minimum(run_end - np.arange(n) - 1, max_bucket - 1)
+    total = int(later.sum())
+    if not total:
+        return np.zeros((0, 2), dtype=np.int64)
+    left = np.repeat(np.arange(n), later)
+    step = np.arange(total) - np.repeat(np.cumsum(later) - later, later) + 1
+    a, b = rows[left], rows[left + step]
+    return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
 
 
 def codepoints(hashes: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ def main() -> None:
         params.dedup,
         seed=params.seed,
         workers=params.n_workers,
+        engine=params.engine,
     )
     dropped = sum(report["dropped"].values())
     print(f"dedup: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}")

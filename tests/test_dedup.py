@@ -12,7 +12,7 @@ import yaml
 from sftpipe import dedup as dedup_mod
 from sftpipe.dedup import DedupParams, dedup
 from sftpipe.jsonio import read_jsonl, write_jsonl
-from sftpipe.minhash import tokenize
+from sftpipe.minhash import candidate_pairs, tokenize
 from tests.conftest import ROOT
 
 
@@ -342,6 +342,66 @@ def test_stage_cli_writes_outputs_and_is_deterministic_across_workers(tmp_path, 
         assert (tmp_path / "ra" / name).read_bytes() == (tmp_path / "rb" / name).read_bytes()
 
 
+def test_blank_lines_and_part_size_change_nothing(tmp_path, monkeypatch):
+    records = near_fixture() + [rec("dup/1", QUESTION.upper(), ANSWER), rec("e/1", "", "")]
+    write_jsonl(tmp_path / "in.jsonl", records)
+    lines = (tmp_path / "in.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "gappy.jsonl").write_bytes(b"\n".join(lines[:3]) + b"  \r\n\n" + b"".join(lines[3:]) + b"\n")
+    outputs = []
+    for name, lines_per_part, workers in (("in", 2048, 1), ("gappy", 3, 2), ("gappy", 1, 1)):
+        monkeypatch.setattr(dedup_mod, "LINES_PER_PART", lines_per_part)
+        out = tmp_path / f"{name}-{lines_per_part}"
+        dedup(tmp_path / f"{name}.jsonl", out / "out", out / "dedup.json", out / "clusters.jsonl",
+              DedupParams(), seed=42, workers=workers)  # fmt: skip
+        outputs.append(
+            [(out / f).read_bytes() for f in ("out/records.jsonl", "out/rejected.jsonl", "dedup.json")]
+        )
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert json.loads(outputs[0][2])["in"] == 13
+
+
+def test_semantic_texts_read_by_part(tmp_path, monkeypatch):
+    records = [rec(f"a/{i}", f"question {i}", f"answer {i}") for i in range(10)]
+    write_jsonl(tmp_path / "in.jsonl", records)
+    gappy = tmp_path / "in.jsonl"
+    gappy.write_bytes(b"\n" + gappy.read_bytes().replace(b"}\n", b"}\n\n", 3))
+    monkeypatch.setattr(dedup_mod, "LINES_PER_PART", 4)
+    scan = dedup_mod._Scan(gappy, DedupParams(), 42, None, tmp_path, "local", 1)
+    assert len(scan.parts) == 4 and scan.chunk.tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 3, 3]
+    texts = list(dedup_mod._semantic_texts(scan, np.array([0, 2, 3, 8, 9]), 12))
+    assert texts == [f"question {i}\na" for i in (0, 2, 3, 8, 9)]  # 12 characters
+
+
+# ------------------------------------------------------------------ LSH
+
+
+def test_candidate_pairs_cut_big_buckets():
+    sigs = np.array([[1, 1], [1, 1], [2, 2], [1, 1], [1, 1], [2, 2]], dtype=np.uint32)
+    assert candidate_pairs(sigs, 2, 3).tolist() == [[0, 1], [0, 3], [1, 3], [1, 4], [2, 5], [3, 4]]
+
+
+def test_verification_tasks_hold_whole_components_in_pair_order():
+    pairs = np.array([[0, 1], [0, 5], [1, 5], [2, 3], [4, 6], [5, 7]])
+    tasks = dedup_mod._pair_tasks(pairs, size=2)
+    assert [t.tolist() for t in tasks] == [[0, 1, 2, 5], [3, 4]]  # {0, 1, 5, 7}, then {2, 3} + {4, 6}
+    assert dedup_mod._pair_tasks(np.zeros((0, 2), dtype=np.int64), size=2) == []
+
+
+def test_sharded_lsh_of_engine_ray_finds_the_same_pairs():
+    """engine ray's LSH (a row per record and band, grouped by shards of buckets, in any order)
+    pairs exactly as candidate_pairs does, big buckets cut the same way."""
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 3, size=(300, 16), dtype=np.uint32)  # few values: big buckets
+    want = candidate_pairs(sigs, 8, 5)
+    rows = dedup_mod._band_rows({"sig": sigs, "row": np.arange(300)}, bands=8, shards=7)
+    got = []
+    for shard in range(7):
+        mine = rng.permutation(np.flatnonzero(rows["shard"] == shard))
+        got.append(dedup_mod._shard_pairs({k: v[mine] for k, v in rows.items()}, max_bucket=5, n=300)["code"])
+    codes = np.unique(np.concatenate(got))
+    assert len(want) > 1000 and np.array_equal(np.stack([codes // 300, codes % 300], axis=1), want)
+
+
 # ------------------------------------------------------------------ semantic
 
 
@@ -380,7 +440,10 @@ def test_semantic_blocked_search_matches_full_matrix():
 # ------------------------------------------------------------------ real corpora
 
 
-def test_real_corpora_planted_copies_and_gsm8k_leak(tmp_path, corpora):
+def real_corpus(corpora, tmp_path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Alpaca, Code Alpaca and GSM8K as records, and 100 planted copies of Alpaca records (every
+    other one with only casing and punctuation changed, the rest with a sentence appended):
+    (records, planted, originals)."""
     from sftpipe.ingest import ingest
     from sftpipe.sources import SourceSpec
 
@@ -402,7 +465,16 @@ def test_real_corpora_planted_copies_and_gsm8k_leak(tmp_path, corpora):
         else:  # a sentence appended to the answer
             msgs[-1]["content"] += " I hope this helps you with your task."
         planted.append({"id": f"planted/{k}", "source": "planted", "messages": msgs, "meta": {}})
-    sets = {"gsm8k": str(corpora / "gsm8k_test.jsonl"), "mt_bench": str(corpora / "mt_bench_questions.jsonl")}
+    return records, planted, originals
+
+
+def eval_sets(corpora) -> dict[str, str]:
+    return {"gsm8k": str(corpora / "gsm8k_test.jsonl"), "mt_bench": str(corpora / "mt_bench_questions.jsonl")}
+
+
+def test_real_corpora_planted_copies_and_gsm8k_leak(tmp_path, corpora):
+    records, planted, originals = real_corpus(corpora, tmp_path)
+    sets = eval_sets(corpora)
     report, kept, rejected = run(
         tmp_path,
         records + planted,

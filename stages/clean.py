@@ -8,6 +8,7 @@ import argparse
 
 from sftpipe import cli
 from sftpipe.clean import CleanError, clean, input_files
+from sftpipe.engine import EngineError
 from sftpipe.params import load_params
 
 
@@ -34,5 +35,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(CleanError)
+    cli.register(CleanError, EngineError)
     cli.run(main, stage="clean")

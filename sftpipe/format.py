@@ -1,17 +1,22 @@
 """format: canonical records -> rendered, tokenized, label-masked rows in one Parquet file.
 
-Records stream through in chunks: each chunk is rendered (`sftpipe.templates`), tokenized in one
-batch call with labels from character offsets (`sftpipe.tokenize`), held to `max_length` without
-ever cutting a response, checked, and appended to `data.parquet` as one row group. Output order is
-input order, so the file is byte-identical for the same input, params and library versions.
+The input is cut into parts of whole chunks (`sftpipe.engine`). Workers (local processes or Ray
+actors) load the tokenizer once, read their own parts, and format each chunk: render it
+(`sftpipe.templates`), tokenize it in one batch call with labels from character offsets
+(`sftpipe.tokenize`), hold it to `max_length` without ever cutting a response, and check it. The
+driver takes the chunks back in input order: it counts and writes the drops, appends each chunk's
+rows to `data.parquet` as one row group and merges the statistics. Chunks depend only on the input,
+so the files are byte-identical for the same input, params and library versions, whatever the
+engine and the number of workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
 from typing import Literal
@@ -24,12 +29,16 @@ from tqdm import tqdm
 
 from sftpipe.accounting import Tally
 from sftpipe.config import Section
-from sftpipe.jsonio import JsonlWriter, atomic_path, dumps, read_jsonl
+from sftpipe.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.templates import Rendered, Renderer, RenderError
-from sftpipe.tokenize import IGNORE, Encoded, bos_prefix, encode, ensure_pad_token
+from sftpipe.tokenize import IGNORE, Encoded, bos_prefix, encode, ensure_pad_token, load_tokenizer
 
 CHUNK = 2048  # records per batch call and per Parquet row group
-DECODE_HEAD, DECODE_EVERY = 100, 50  # decode-check the first rows, then every n-th
+CHUNKS_PER_PART = 1  # chunks per unit of work handed to a worker (small parts balance the load)
+# Decode-check the kept rows among the first input records, then among every n-th (by input
+# position, which no worker count or engine changes).
+DECODE_HEAD, DECODE_EVERY = 100, 50
 
 SCHEMA = pa.schema(
     [
@@ -69,7 +78,7 @@ class FormatParams(Section):
 
 
 class FormatError(ValueError):
-    """The stage's input is missing; the message names it."""
+    """The stage's input is missing or unreadable; the message names it."""
 
 
 class SanityError(AssertionError):
@@ -99,22 +108,20 @@ def drop_history(messages: list[dict], k: int) -> list[dict]:
 class _Item:
     """One record on its way through a chunk."""
 
-    __slots__ = ("record", "messages", "rendered", "enc", "cut", "drop")
+    __slots__ = ("record", "messages", "rendered", "enc", "cut", "drop", "pos")
 
-    def __init__(self, record: dict, messages: list[dict], rendered, cut: int = 0, drop=None):
-        self.record, self.messages, self.rendered, self.cut = record, messages, rendered, cut
+    def __init__(self, record: dict, messages: list[dict], rendered, cut: int = 0, drop=None, pos: int = 0):
+        self.record, self.messages, self.rendered, self.cut, self.pos = record, messages, rendered, cut, pos
         self.enc: Encoded | None = None
         self.drop: tuple[str, str] | None = drop
 
 
 class Formatter:
-    """Renders, tokenizes and length-checks chunks of records, counting every one in `tally`."""
+    """Renders, tokenizes and length-checks chunks of records, counting every one in a Tally."""
 
-    def __init__(self, tokenizer, params: FormatParams, tally: Tally):
-        self.tok, self.params, self.tally = tokenizer, params, tally
-        self.pad_token_set = ensure_pad_token(tokenizer)
+    def __init__(self, tokenizer, params: FormatParams):
+        self.tok, self.params = tokenizer, params
         self.render = Renderer(params.template, tokenizer, bos_prefix(tokenizer))
-        self.history_exchanges = 0
 
     def _rendered(self, record: dict, messages: list[dict]):
         """The rendered record, or the drop reason and detail."""
@@ -131,9 +138,8 @@ class Formatter:
         except RenderError as exc:
             return exc.reason, exc.detail
 
-    def _encode(self, items: list[_Item], encoded: list[Encoded] | None = None) -> None:
-        if encoded is None:
-            encoded = self.encode([i.rendered for i in items])
+    def _encode(self, items: list[_Item]) -> None:
+        encoded = self.encode([i.rendered for i in items])
         for item, enc in zip(items, encoded, strict=True):
             item.enc = enc
 
@@ -143,51 +149,42 @@ class Formatter:
     def _fits(self, item: _Item) -> bool:
         return len(item.enc.input_ids) <= self.params.max_length
 
-    def _drop_overlong(self, item: _Item, judged: _Item) -> None:
+    def _drop_overlong(self, item: _Item, judged: _Item, tally: Tally) -> None:
         """Drop `item`; `judged` is the shortest form tried (the last exchange alone, or itself)."""
         n = len(judged.enc.input_ids)
         reason = "prompt_too_long" if judged.enc.first_trained >= self.params.max_length else "too_long"
-        self.tally.drop(reason, item.record, id=item.record["id"], n_tokens=n, exchanges_removed=judged.cut)
+        tally.drop(reason, item.record, id=item.record["id"], n_tokens=n, exchanges_removed=judged.cut)
 
-    def prepare(self, records: list[dict]) -> list[_Item]:
-        """Render a chunk; each item is either rendered or carries its drop reason."""
+    def chunk(self, numbered: Iterable[tuple[int, dict]], tally: Tally) -> list[_Item]:
+        """Render, tokenize and length-check a chunk of (input position, record), counting every
+        record in `tally` (drops in input order); returns the kept items in input order."""
         items = []
-        for record in records:
+        for pos, record in numbered:
             got = self._rendered(record, record["messages"])
             if isinstance(got, tuple):
-                items.append(_Item(record, record["messages"], None, drop=got))
+                items.append(_Item(record, record["messages"], None, drop=got, pos=pos))
             else:
-                items.append(_Item(record, record["messages"], got))
-        return items
-
-    def finish(self, items: list[_Item], encoded: list[Encoded]) -> list[_Item]:
-        """Given the encodings of a prepared chunk's rendered items, apply the length policy and
-        count every record (drops in input order); returns the kept items in input order."""
+                items.append(_Item(record, record["messages"], got, pos=pos))
         live = [i for i in items if i.drop is None]
-        self._encode(live, encoded)
+        self._encode(live)
         long = [i for i in live if not self._fits(i)]
         if long and self.params.overlong == "drop_history":
-            still = dict(self._shorten(long))
+            still = dict(self._shorten(long, tally))
         else:
             still = {i: i for i in long}
         kept = []
         for item in items:
-            self.tally.seen()
+            tally.seen()
             if item.drop is not None:
-                self.tally.drop(item.drop[0], item.record, id=item.record["id"], detail=item.drop[1])
+                tally.drop(item.drop[0], item.record, id=item.record["id"], detail=item.drop[1])
             elif item in still:
-                self._drop_overlong(item, still[item])
+                self._drop_overlong(item, still[item], tally)
             else:
                 kept.append(item)
-        self.tally.kept(len(kept))
+        tally.kept(len(kept))
         return kept
 
-    def chunk(self, records: list[dict]) -> list[_Item]:
-        """`prepare` and `finish` in one go (the stage overlaps them across chunks)."""
-        items = self.prepare(records)
-        return self.finish(items, self.encode([i.rendered for i in items if i.drop is None]))
-
-    def _shorten(self, long: list[_Item]) -> list[tuple[_Item, _Item]]:
+    def _shorten(self, long: list[_Item], tally: Tally) -> list[tuple[_Item, _Item]]:
         """Remove the fewest oldest exchanges that make each item fit. The search is batched over
         items and guided by the full text's token positions (usually one or two batch calls, not
         log2(exchanges)); returns the items that do not fit even as their last exchange alone, each
@@ -213,8 +210,7 @@ class Formatter:
                 continue
             s.item.messages, s.item.rendered, s.item.enc, s.item.cut = (
                 s.best.messages, s.best.rendered, s.best.enc, s.best.cut)  # fmt: skip
-            self.tally.change("history_dropped")
-            self.history_exchanges += s.best.cut
+            tally.change("history_dropped")
         return still_long
 
 
@@ -260,12 +256,14 @@ class _Search:
 
 
 class _Stats:
-    """Token-length statistics and the sanity checks, gathered row by row."""
+    """Token-length statistics and the sanity checks of kept rows, in a form that merges: each
+    chunk gathers its own, and the driver merges them in input order."""
 
-    def __init__(self, tok, max_length: int):
-        self.tok, self.max_length = tok, max_length
-        self.lengths: list[int] = []
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.lengths: Counter[int] = Counter()  # tokens per row -> rows
         self.trained = 0
+        self.history_exchanges = 0
         self.by_source: Counter[str] = Counter()
         self.tokens_by_source: Counter[str] = Counter()
         self.problems: Counter[str] = Counter()
@@ -276,11 +274,12 @@ class _Stats:
         self.problems[name] += 1
         self.first_problem.setdefault(name, rec_id)
 
-    def add(self, item: _Item) -> None:
+    def add(self, item: _Item, decode=None) -> None:
+        """Count a kept row; `decode` (the tokenizer's decode) also checks it against its text."""
         rid, n, trained = item.record["id"], len(item.enc.input_ids), item.enc.n_trained
-        index = len(self.lengths)
-        self.lengths.append(n)
+        self.lengths[n] += 1
         self.trained += trained
+        self.history_exchanges += item.cut
         self.by_source[item.record["source"]] += 1
         self.tokens_by_source[item.record["source"]] += n
         if n > self.max_length:
@@ -291,12 +290,11 @@ class _Stats:
             self._problem("empty_completion", rid)
         if (item.record.get("meta") or {}).get("kind") != "text" and not item.rendered.prompt.strip():
             self._problem("empty_prompt", rid)
-        if index < DECODE_HEAD or index % DECODE_EVERY == 0:
+        if decode is not None:
             self.decoded += 1
-            self._decode_check(item, rid)
+            self._decode_check(item, rid, decode)
 
-    def _decode_check(self, item: _Item, rid: str) -> None:
-        decode = self.tok.backend_tokenizer.decode
+    def _decode_check(self, item: _Item, rid: str, decode) -> None:
         ids, r = item.enc.input_ids, item.rendered
         if decode(ids, skip_special_tokens=False) != r.text:
             self._problem("decode_mismatch", rid)
@@ -305,11 +303,31 @@ class _Stats:
             if e > s and not any(r.text[s:e] in run for run in runs):
                 self._problem("response_not_trained", rid)
 
+    def merge(self, other: _Stats) -> None:
+        """Add the stats of the rows that come after these ones."""
+        self.lengths.update(other.lengths)
+        self.trained += other.trained
+        self.history_exchanges += other.history_exchanges
+        self.by_source.update(other.by_source)
+        self.tokens_by_source.update(other.tokens_by_source)
+        self.problems.update(other.problems)
+        for name, rid in other.first_problem.items():
+            self.first_problem.setdefault(name, rid)
+        self.decoded += other.decoded
+
+    @property
+    def rows(self) -> int:
+        return sum(self.lengths.values())
+
     def report(self) -> dict:
-        lengths = np.asarray(self.lengths or [0])
+        if self.lengths:
+            values = sorted(self.lengths)
+            lengths = np.repeat(np.asarray(values, dtype=np.int64), [self.lengths[v] for v in values])
+        else:
+            lengths = np.asarray([0])
         pct = {f"p{q}": int(np.percentile(lengths, q, method="higher")) for q in (50, 90, 99)}
         tokens = {
-            "rows": len(self.lengths),
+            "rows": self.rows,
             "total": int(lengths.sum()),
             "trained": self.trained,
             "min": int(lengths.min()),
@@ -402,11 +420,67 @@ def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool) -> dict:
     }
 
 
-def format_records(
-    records: Iterable[dict], tokenizer, params: FormatParams, out_dir: str | Path, tokenizer_path: str = ""
-) -> tuple[Tally, dict]:
-    """Write `data.parquet` and `rejected.jsonl` into `out_dir` (atomically); returns the tally and
-    the report's extra fields. Raises SanityError (writing nothing) if a sanity check fails."""
+class _Rejected(list):
+    """A worker's rejected entries, in input order, for the driver to write (a Tally's writer)."""
+
+    def write(self, obj: dict) -> None:
+        self.append(obj)
+
+
+@dataclass
+class _Chunk:
+    """One chunk as a worker formatted it: its kept rows, counts, drops and statistics."""
+
+    table: pa.Table | None  # None when no row was kept
+    tally: Tally
+    rejected: list[dict]
+    stats: _Stats
+
+
+class _Job:
+    """A worker's state: the tokenizer and a formatter, built once and used for every chunk."""
+
+    def __init__(self, tokenizer, params: FormatParams, chunk: int):
+        self.tok, self.chunk = tokenizer, chunk
+        self.formatter = Formatter(tokenizer, params)
+
+    @classmethod
+    def load(cls, tokenizer_path: str, params: FormatParams, chunk: int, one_thread: bool) -> _Job:
+        if one_thread:
+            # one tokenizer thread per worker process: workers x threads stay within the cores
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        return cls(load_tokenizer(tokenizer_path), params, chunk)
+
+    def run(self, numbered: list[tuple[int, dict]]) -> _Chunk:
+        rejected = _Rejected()
+        tally = Tally(rejected)
+        kept = self.formatter.chunk(numbered, tally)
+        stats = _Stats(self.formatter.params.max_length)
+        decode = self.tok.backend_tokenizer.decode
+        for item in kept:
+            sample = item.pos < DECODE_HEAD or item.pos % DECODE_EVERY == 0
+            stats.add(item, decode if sample else None)
+        return _Chunk(to_table(kept) if kept else None, tally, rejected, stats)
+
+
+def _format_part(job: _Job, part: Part) -> list[_Chunk]:
+    """A part's chunks, formatted (runs on a worker, which reads the part itself)."""
+    numbered = []
+    for line, raw in part.lines():
+        try:
+            numbered.append((line - 1, loads(raw)))
+        except ValueError as exc:
+            raise FormatError(f"{part.path}:{line}: invalid JSON: {exc}") from None
+    return [job.run(batch) for batch in batched(numbered, job.chunk)]
+
+
+def _write(
+    chunks: Iterable[_Chunk], tokenizer, params: FormatParams, out_dir: str | Path, tokenizer_path: str,
+    pad_token_set: bool, total: int | None = None,
+) -> tuple[Tally, dict]:  # fmt: skip
+    """Write the chunks, in order, to `data.parquet` and `rejected.jsonl` in `out_dir` (atomically);
+    returns the tally and the report's extra fields. Raises SanityError (writing nothing) if a
+    sanity check fails."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         with (
@@ -414,58 +488,75 @@ def format_records(
             pq.ParquetWriter(
                 tmp / "data.parquet", SCHEMA, compression="zstd", use_dictionary=["source"]
             ) as writer,
+            tqdm(desc="format", total=total, unit=" rec", mininterval=1, disable=None) as progress,
         ):
             tally = Tally(rejected)
-            job = Formatter(tokenizer, params, tally)
-            stats = _Stats(tokenizer, params.max_length)
-            progress = tqdm(desc="format", unit=" rec", mininterval=1, disable=None)
-
-            def finish(items: list[_Item], encoded: Future) -> None:
-                kept = job.finish(items, encoded.result())
-                for item in kept:
-                    stats.add(item)
-                if kept:
-                    writer.write_table(to_table(kept))
-                progress.update(len(items))
-
-            # The fast tokenizer releases the GIL: chunk k+1 is tokenized (on every core) while
-            # this thread masks, checks and writes chunk k.
-            with ThreadPoolExecutor(1) as pool:
-                pending = None
-                for batch in batched(records, CHUNK):
-                    items = job.prepare(batch)
-                    encoded = pool.submit(job.encode, [i.rendered for i in items if i.drop is None])
-                    if pending:
-                        finish(*pending)
-                    pending = items, encoded
-                if pending:
-                    finish(*pending)
-            progress.close()
-            if not stats.lengths:
+            stats = _Stats(params.max_length)
+            for chunk in chunks:
+                tally.merge(chunk.tally)
+                rejected.write_all(chunk.rejected)
+                stats.merge(chunk.stats)
+                if chunk.table is not None:
+                    writer.write_table(chunk.table)
+                progress.update(chunk.tally.n_in)
+            if not stats.rows:
                 writer.write_table(SCHEMA.empty_table())
         tally.check()
-        extra = stats.report()
-        if extra["checks"]["problems"]:
+        report = stats.report()
+        if report["checks"]["problems"]:
             raise SanityError(
-                f"format: sanity checks failed: {extra['checks']['problems']} "
-                f"(first ids: {extra['checks']['first_problem_id']})"
+                f"format: sanity checks failed: {report['checks']['problems']} "
+                f"(first ids: {report['checks']['first_problem_id']})"
             )
     extra = {
         "template": params.template,
         "max_length": params.max_length,
         "overlong": params.overlong,
         "train_on_prompt": params.train_on_prompt,
-        "tokenizer": tokenizer_info(tokenizer, tokenizer_path, job.pad_token_set),
-        "history_dropped_exchanges": job.history_exchanges,
-        **extra,
+        "tokenizer": tokenizer_info(tokenizer, tokenizer_path, pad_token_set),
+        "history_dropped_exchanges": stats.history_exchanges,
+        **report,
     }
     return tally, extra
 
 
-def format_file(
-    src: str | Path, tokenizer, params: FormatParams, out_dir: str | Path, **kw
+def format_records(
+    records: Iterable[dict], tokenizer, params: FormatParams, out_dir: str | Path, tokenizer_path: str = ""
 ) -> tuple[Tally, dict]:
-    """`format_records` on a JSONL file of canonical records."""
+    """Format records in this process with a loaded tokenizer (its own threads tokenize): write
+    `data.parquet` and `rejected.jsonl` into `out_dir` (atomically); returns the tally and the
+    report's extra fields. Raises SanityError (writing nothing) if a sanity check fails."""
+    pad_token_set = ensure_pad_token(tokenizer)
+    job = _Job(tokenizer, params, CHUNK)
+    chunks = (job.run(batch) for batch in batched(enumerate(records), CHUNK))
+    return _write(chunks, tokenizer, params, out_dir, tokenizer_path, pad_token_set)
+
+
+def format_file(
+    src: str | Path,
+    tokenizer_path: str | Path,
+    params: FormatParams,
+    out_dir: str | Path,
+    *,
+    engine: Engine = "local",
+    workers: int = 1,
+) -> tuple[Tally, dict]:
+    """`format_records` on a JSONL file of canonical records, run by `workers` processes of
+    `engine` (`sftpipe.engine`), each loading the tokenizer from `tokenizer_path`; the outputs are
+    the same whichever engine and however many workers."""
     if not Path(src).is_file():
         raise FormatError(f"{src}: no such file (run the dedup stage first)")
-    return format_records(read_jsonl(src), tokenizer, params, out_dir, **kw)
+    tokenizer = load_tokenizer(tokenizer_path)
+    pad_token_set = ensure_pad_token(tokenizer)
+    Formatter(tokenizer, params)  # a template that cannot work fails here, before any worker starts
+    parts = split_lines(src, CHUNKS_PER_PART * CHUNK)
+    workers = max(1, min(workers, len(parts)))
+    # A lone local process lets the tokenizer use every core; several workers get one thread each.
+    one_thread = engine == "ray" or workers > 1
+    results = ordered_map(
+        _format_part, parts, setup=_Job.load, setup_args=(str(tokenizer_path), params, CHUNK, one_thread),
+        engine=engine, workers=workers,
+    )  # fmt: skip
+    total = sum(p.n_lines for p in parts)
+    chunks = chain.from_iterable(results)
+    return _write(chunks, tokenizer, params, out_dir, str(tokenizer_path), pad_token_set, total)

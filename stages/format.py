@@ -1,16 +1,18 @@
 """format: render the deduplicated records with a template, tokenize them and build label masks.
 
 Reads data/interim/dedup/records.jsonl and the tokenizer in models/base; writes
-data/interim/format/{data.parquet,rejected.jsonl} and reports/format.json.
+data/interim/format/{data.parquet,rejected.jsonl} and reports/format.json. Runs on `engine`
+with `workers` processes (params.yaml); the outputs do not depend on either.
 """
 
 import argparse
 
 from sftpipe import cli
+from sftpipe.engine import EngineError
 from sftpipe.format import FormatError, SanityError, format_file
 from sftpipe.params import load_params
 from sftpipe.templates import TemplateError
-from sftpipe.tokenize import TokenizerError, load_tokenizer
+from sftpipe.tokenize import TokenizerError
 
 
 def main() -> None:
@@ -22,17 +24,19 @@ def main() -> None:
     ap.add_argument("--report", default="reports/format.json", help="stage report")
     args = ap.parse_args()
 
-    params = load_params(args.params).format
-    tokenizer = load_tokenizer(args.tokenizer)
-    tally, extra = format_file(args.input, tokenizer, params, args.out, tokenizer_path=args.tokenizer)
+    params = load_params(args.params)
+    tally, extra = format_file(
+        args.input, args.tokenizer, params.format, args.out, engine=params.engine, workers=params.n_workers
+    )
     report = tally.write(args.report, **extra)
     tokens = report["tokens"]
     print(
-        f"format ({params.template}): {report['in']} in, {report['out']} out, dropped {report['dropped']}; "
-        f"tokens mean {tokens['mean']}, max {tokens['max']} (max_length {params.max_length})"
+        f"format ({params.format.template}): {report['in']} in, {report['out']} out, "
+        f"dropped {report['dropped']}; tokens mean {tokens['mean']}, max {tokens['max']} "
+        f"(max_length {params.format.max_length})"
     )
 
 
 if __name__ == "__main__":
-    cli.register(FormatError, SanityError, TemplateError, TokenizerError)
+    cli.register(EngineError, FormatError, SanityError, TemplateError, TokenizerError)
     cli.run(main, stage="format")

@@ -100,6 +100,7 @@ def _run_stages(repo: Path, engine: str, workers: int, corpora: Path) -> None:
     }
     params["distill"]["enabled"] = False
     params["format"]["max_length"] = 256  # some records too long: drops travel back too
+    params["format"]["template"] = "chatml"  # GPT-2 has no chat template of its own
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     for cmd in STAGES:
         proc = subprocess.run([sys.executable, *cmd], cwd=repo, capture_output=True, text=True)
@@ -136,3 +137,25 @@ def test_parts_of_an_s3_object_read_what_the_local_file_holds(s3, corpora):  # n
     assert [ln for p in remote for ln in p.lines()] == [
         ln for p in split_lines(local, 500) for ln in p.lines()
     ]
+
+
+def _fail_on_seven(state, part):
+    values = [int(line) for _, line in part.lines()]
+    if 7 in values:
+        raise CleanError(f"{part.path}:{part.first_line}: seven")
+    return values
+
+
+@pytest.mark.slow
+def test_ray_map_orders_parts_of_several_files_and_reraises_worker_errors(tmp_path):
+    pytest.importorskip("ray")
+    files = []
+    for k, numbers in enumerate((range(0, 5), range(10, 40), range(100, 103))):
+        files.append(tmp_path / f"{k}.txt")
+        files[-1].write_bytes(b"".join(b"%d\n" % i for i in numbers))
+    parts = [p for f in files for p in split_lines(f, 4)]  # Part.index restarts in every file
+    got = list(ordered_map(_numbered, parts, setup=str.upper, setup_args=("s",), engine="ray", workers=2))
+    assert [n for _, ns in got for n in ns] == [*range(0, 5), *range(10, 40), *range(100, 103)]
+    (tmp_path / "bad.txt").write_bytes(b"1\n7\n8\n9\n")
+    with pytest.raises(CleanError, match="bad.txt:1: seven"):  # the worker's own error, one line
+        list(ordered_map(_fail_on_seven, split_lines(tmp_path / "bad.txt", 3), engine="ray", workers=2))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import zip_longest
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -15,7 +17,7 @@ from transformers import AutoTokenizer
 import sftpipe.format as fmt
 from sftpipe.format import FormatParams, SanityError, drop_history, exchanges, format_file, format_records
 from sftpipe.ingest import ingest
-from sftpipe.jsonio import read_jsonl, write_jsonl
+from sftpipe.jsonio import dumps, read_jsonl, write_jsonl
 from sftpipe.records import make_record
 from sftpipe.sources import SourceSpec
 from sftpipe.tokenize import IGNORE, Encoded, ensure_pad_token
@@ -257,6 +259,82 @@ def test_sanity_failure_writes_nothing(tmp_path, gpt2, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def real_mix(tmp_path, corpora) -> Path:
+    """Real records with drops, shortened histories and multi-turn rows: OASST conversations (every
+    path) and 1,500 Alpaca records, interleaved."""
+    oasst = SourceSpec(path=str(corpora / "oasst1_en_100_tree.jsonl"), mode="all")
+    ingest("oasst", oasst, tmp_path / "oasst")
+    ingest(
+        "alpaca", SourceSpec(path=str(corpora / "alpaca_5000.json"), max_samples=1500), tmp_path / "alpaca"
+    )
+    a = list(read_jsonl(tmp_path / "alpaca" / "records.jsonl"))
+    b = list(read_jsonl(tmp_path / "oasst" / "records.jsonl"))
+    mixed = [r for pair in zip_longest(a, b) for r in pair if r is not None]
+    write_jsonl(tmp_path / "mix.jsonl", mixed)
+    return tmp_path / "mix.jsonl"
+
+
+MIX_PARAMS = FormatParams(template="chatml", max_length=256, overlong="drop_history")
+
+
+def outputs(out, tally, extra) -> list[bytes]:
+    report = orjson.dumps({**tally.as_dict(), **extra}, option=orjson.OPT_SORT_KEYS)
+    return [(out / f).read_bytes() for f in ("data.parquet", "rejected.jsonl")] + [report]
+
+
+def test_workers_write_what_one_process_writes(tmp_path, corpora, gpt2_dir, monkeypatch):
+    """Real data in parts of 256 lines: one in-process pass (`format_records`), one worker and two
+    worker processes write the same bytes and the same report; a row group per chunk."""
+    monkeypatch.setattr(fmt, "CHUNK", 256)
+    src = real_mix(tmp_path, corpora)
+    got = {}
+    tally, extra = format_records(read_jsonl(src), AutoTokenizer.from_pretrained(gpt2_dir), MIX_PARAMS,
+                                  tmp_path / "records", tokenizer_path=str(gpt2_dir))  # fmt: skip
+    got["records"] = outputs(tmp_path / "records", tally, extra)
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        tally, extra = format_file(src, gpt2_dir, MIX_PARAMS, out, workers=workers)
+        got[workers] = outputs(out, tally, extra)
+    assert got["records"] == got[1] == got[2]
+    assert (tally.n_in, tally.n_out, dict(tally.dropped), dict(tally.changed)) == MIX
+    assert tally.n_in == tally.n_out + sum(tally.dropped.values())
+    assert extra["history_dropped_exchanges"] == MIX_EXCHANGES and extra["checks"]["problems"] == {}
+    assert pq.ParquetFile(out / "data.parquet").num_row_groups == -(-tally.n_in // 256)
+    # decode checks: the kept rows among the first 100 input records and every 50th after them
+    kept = {r["id"] for r in pq.read_table(out / "data.parquet", columns=["id"]).to_pylist()}
+    positions = [k for k, r in enumerate(read_jsonl(src)) if r["id"] in kept]
+    assert extra["checks"]["decoded_rows"] == sum(k < 100 or k % 50 == 0 for k in positions) == 116
+
+
+MIX = (2064, 1839, {"prompt_too_long": 15, "too_long": 210}, {"history_dropped": 167})
+MIX_EXCHANGES = 168
+
+
+def test_a_bad_line_names_the_file_and_line(tmp_path, gpt2_dir, monkeypatch):
+    monkeypatch.setattr(fmt, "CHUNK", 2)
+    src = tmp_path / "in.jsonl"
+    good = dumps(rec("1", [u("Q"), a("A")])).decode()
+    src.write_text(f"{good}\n{good}\n\n{good}\n{{broken\n{good}\n")
+    for workers in (1, 2):
+        with pytest.raises(fmt.FormatError, match=rf"^{src}:5: invalid JSON"):
+            format_file(src, gpt2_dir, FormatParams(template="chat"), tmp_path / "out", workers=workers)
+        assert not (tmp_path / "out").exists()
+
+
+def test_sanity_failure_in_a_worker_writes_nothing(tmp_path, gpt2_dir, monkeypatch):
+    def untrained(tok, rendered, train_on_prompt=False):
+        encs = tok.backend_tokenizer.encode_batch([r.text for r in rendered], add_special_tokens=False)
+        return [Encoded(e.ids, []) for e in encs]
+
+    monkeypatch.setattr(fmt, "encode", untrained)  # forked workers inherit it
+    monkeypatch.setattr(fmt, "CHUNK", 2)
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, [rec(str(i), [u("Q"), a("A")]) for i in range(5)])
+    with pytest.raises(SanityError, match=r"nothing_trained.*'nothing_trained': 't/0'"):
+        format_file(src, gpt2_dir, FormatParams(template="chat"), tmp_path / "out", workers=2)
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage_script(tmp_path, corpora, gpt2_dir):
     src = tmp_path / "records.jsonl"
     write_jsonl(src, [rec("1", [u("Q"), a("A")]), rec("2", [u("Q2"), a("")])])
@@ -280,12 +358,12 @@ def test_stage_script(tmp_path, corpora, gpt2_dir):
     ]
 
 
-def test_real_alpaca_gpt2(tmp_path, corpora, gpt2):
+def test_real_alpaca_gpt2(tmp_path, corpora, gpt2, gpt2_dir):
     """alpaca_5000 ingested, formatted with the alpaca template and GPT-2: every row decodes to its
     text, fits, trains exactly its response + EOS, and the counts balance."""
     ingest("alpaca", SourceSpec(path=str(corpora / "alpaca_5000.json")), tmp_path / "ingest")
     params = FormatParams(template="alpaca", max_length=256, overlong="drop")
-    tally, extra = format_file(tmp_path / "ingest" / "records.jsonl", gpt2, params, tmp_path / "out")
+    tally, extra = format_file(tmp_path / "ingest" / "records.jsonl", gpt2_dir, params, tmp_path / "out")
     rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
     assert (tally.n_in, tally.n_out, dict(tally.dropped)) == (5000, REAL_OUT, REAL_DROPPED)
     assert tally.n_in == tally.n_out + sum(tally.dropped.values()) == 5000
@@ -325,7 +403,7 @@ def test_real_multi_turn_smollm2_drop_history(tmp_path, corpora, smol_dir):
     spec = SourceSpec(path=str(corpora / "oasst1_en_100_tree.jsonl"), mode="all")
     ingest("oasst", spec, tmp_path / "ingest")
     params = FormatParams(template="tokenizer", max_length=512, overlong="drop_history")
-    tally, extra = format_file(tmp_path / "ingest" / "records.jsonl", tok, params, tmp_path / "out")
+    tally, extra = format_file(tmp_path / "ingest" / "records.jsonl", smol_dir, params, tmp_path / "out")
     rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
     assert tally.n_in == 564 and tally.n_in == tally.n_out + sum(tally.dropped.values())
     assert (tally.n_out, dict(tally.dropped), dict(tally.changed)) == OASST
@@ -347,7 +425,7 @@ OASST = (527, {"prompt_too_long": 7, "too_long": 30}, {"history_dropped": 90})
 @pytest.mark.slow
 def test_dvc_repro_format(tmp_path, corpora, gpt2_dir):
     """`dvc repro` of the format stage in a temporary copy: outputs, report, and that changing a
-    format param re-runs it while nothing else has changed."""
+    format param re-runs it while changing the engine or the workers does not."""
     import shutil
 
     from tests.conftest import copy_repo, dvc
@@ -363,6 +441,9 @@ def test_dvc_repro_format(tmp_path, corpora, gpt2_dir):
     assert (report["in"], report["out"], report["template"]) == (30, 30, "alpaca")
     rows = pq.read_table(repo / "data/interim/format/data.parquet").to_pylist()
     assert rows[0]["completion"] == "Answer 0.<|endoftext|>"
+    assert "format" not in json.loads(dvc(repo, "status", "--json", "format").stdout or "{}")
+    # where it runs is no dependency: the outputs are the same on any engine and any workers
+    (repo / "params.yaml").write_text("engine: ray\nworkers: 1\n" + params)
     assert "format" not in json.loads(dvc(repo, "status", "--json", "format").stdout or "{}")
     (repo / "params.yaml").write_text(params + "  max_length: 512\n")
     assert "format" in json.loads(dvc(repo, "status", "--json", "format").stdout)

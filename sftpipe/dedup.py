@@ -437,7 +437,7 @@ def _exact_and_near(
     status = _check_pairs(pairs, scan.where(pairs), near, str(scan.tmp), engine, workers)
     # replayed in pair order through the clusters: a pair the workers skipped must be joined by now
     verified = rejected = skipped = 0
-    for (a, b), got in zip(pairs.tolist(), status.tolist(), strict=True):
+    for (a, b), got in _rows(pairs, status):
         joined = uf.find(a) == uf.find(b)
         if joined != (got == SKIPPED):
             raise RuntimeError(f"dedup: verification of ({ids[a]}, {ids[b]}) went astray (a bug)")
@@ -480,7 +480,7 @@ def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.nd
     out = np.empty(len(pairs), dtype=np.int8)
     tokens = _Tokens(tmp)
     last, conv_a = None, None
-    for k, ((a, b), (where_a, where_b)) in enumerate(zip(pairs.tolist(), where.tolist(), strict=True)):
+    for k, ((a, b), (where_a, where_b)) in enumerate(_rows(pairs, where)):
         ra, rb = find(a), find(b)
         if ra == rb:
             out[k] = SKIPPED
@@ -493,6 +493,13 @@ def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.nd
         else:
             out[k] = DIFFERENT
     return out
+
+
+def _rows(pairs: np.ndarray, where: np.ndarray, step: int = 1 << 16):
+    """(pair, where) as Python lists, a slice at a time: `.tolist()` of a whole giant component
+    (tens of millions of pairs) costs ~100x the arrays' memory."""
+    for lo in range(0, len(pairs), step):
+        yield from zip(pairs[lo : lo + step].tolist(), where[lo : lo + step].tolist(), strict=True)
 
 
 @dataclass(frozen=True)
@@ -524,12 +531,12 @@ def _pair_tasks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
             x = parent[x]
         return x
 
-    ends = local.reshape(-1, 2).tolist()
-    for a, b in ends:
+    ends = local.reshape(-1, 2)
+    for (a, b), _ in _rows(ends, ends):
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[ra] = rb
-    comp = np.array([find(a) for a, _ in ends], dtype=np.int64)
+    comp = np.array([find(a) for a in ends[:, 0].tolist()], dtype=np.int64)
     _, first, label = np.unique(comp, return_index=True, return_inverse=True)
     seq = np.empty(len(first), dtype=np.int64)  # components numbered by their first pair
     seq[np.argsort(first)] = np.arange(len(first))

@@ -26,6 +26,19 @@ def gpt2_dir() -> Path:
     return GPT2
 
 
+@pytest.fixture(scope="session")
+def ray_engine():
+    """One local Ray instance with 2 CPUs for the whole session (it takes seconds to start)."""
+    ray = pytest.importorskip("ray")
+    from sftpipe.engine import init_ray
+
+    started = not ray.is_initialized()
+    init_ray(2)
+    yield
+    if started:
+        ray.shutdown()
+
+
 def write_lines(path: Path, lines: list[str | bytes]) -> Path:
     """Write raw JSONL lines (str or bytes) to `path`."""
     path.write_bytes(b"".join((ln.encode() if isinstance(ln, str) else ln) + b"\n" for ln in lines))

@@ -13,19 +13,6 @@ from tests.test_dedup import eval_sets, real_corpus
 OUTPUTS = ("out/records.jsonl", "out/rejected.jsonl", "dedup.json", "clusters.jsonl")
 
 
-@pytest.fixture(scope="session")
-def ray_engine():
-    """One local Ray instance with 2 CPUs for the whole session (it takes seconds to start)."""
-    ray = pytest.importorskip("ray")
-    from sftpipe.engine import init_ray
-
-    started = not ray.is_initialized()
-    init_ray(2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.slow  # Ray's start and its first actors and tasks: about half a minute
 def test_ray_writes_what_local_writes(tmp_path, corpora, ray_engine, monkeypatch):
     records, planted, originals = real_corpus(corpora, tmp_path)

@@ -147,8 +147,7 @@ def _fail_on_seven(state, part):
 
 
 @pytest.mark.slow
-def test_ray_map_orders_parts_of_several_files_and_reraises_worker_errors(tmp_path):
-    pytest.importorskip("ray")
+def test_ray_map_orders_parts_of_several_files_and_reraises_worker_errors(tmp_path, ray_engine):
     files = []
     for k, numbers in enumerate((range(0, 5), range(10, 40), range(100, 103))):
         files.append(tmp_path / f"{k}.txt")

@@ -10,20 +10,8 @@ from sftpipe.format import format_file
 from tests.test_format import MIX, MIX_PARAMS, outputs, real_mix
 
 
-@pytest.fixture(scope="session")
-def ray_two_cpus():
-    ray = pytest.importorskip("ray")
-    from sftpipe.engine import init_ray
-
-    started = not ray.is_initialized()
-    init_ray(2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.slow
-def test_ray_writes_what_a_local_process_writes(tmp_path, corpora, gpt2_dir, monkeypatch, ray_two_cpus):
+def test_ray_writes_what_a_local_process_writes(tmp_path, corpora, gpt2_dir, monkeypatch, ray_engine):
     """Real data in 9 parts of 256 lines on two Ray actors: the Parquet file, the rejected records
     and the report are byte-identical to one local process's."""
     monkeypatch.setattr(fmt, "CHUNK", 256)  # reaches the actors through format_file's arguments

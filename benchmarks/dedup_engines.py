@@ -28,16 +28,9 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+from scale import tree_rss  # noqa: E402  (benchmarks/ is this script's folder)
+
 OUTPUTS = ("out/records.jsonl", "out/rejected.jsonl", "dedup.json", "dedup_clusters.jsonl")
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    with contextlib.suppress(psutil.Error):
-        for p in [proc, *proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-    return total
 
 
 def run(engine: str, workers: int, source: Path, work: Path) -> dict:

@@ -129,11 +129,16 @@ def _line_files(spec: SourceSpec, engine: Engine) -> list[str] | None:
 def _first_format(files: list[str]) -> str | None:
     """The schema of the first line when it is a row of a known schema (the parallel path needs
     the schema before any worker starts; anything less clear takes the sequential path)."""
-    for part in split_lines(files[0], 1)[:1] if files else []:
-        for lineno, line in part.lines():
-            _, row = jsonl_row(part.path, lineno, line)
-            return None if isinstance(row, Bad) else detect(row)
-    return None
+    if not files:
+        return None
+    import fsspec
+
+    with fsspec.open(files[0], "rb") as fh:  # only the first line: no pass over the whole file
+        line = fh.readline()
+    if not line.strip():
+        return None
+    _, row = jsonl_row(files[0], 1, line)
+    return None if isinstance(row, Bad) else detect(row)
 
 
 def _outcomes(name: str, spec: SourceSpec, job: _Ingest, engine: Engine, workers: int):

@@ -32,7 +32,7 @@ from sftpipe.config import Section
 from sftpipe.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.templates import Rendered, Renderer, RenderError
-from sftpipe.tokenize import IGNORE, Encoded, bos_prefix, encode, ensure_pad_token, load_tokenizer
+from sftpipe.tokenize import IGNORE, Encoded, FastBPE, bos_prefix, encode, ensure_pad_token, load_tokenizer
 
 CHUNK = 2048  # records per batch call and per Parquet row group
 CHUNKS_PER_PART = 1  # chunks per unit of work handed to a worker (small parts balance the load)
@@ -122,6 +122,7 @@ class Formatter:
     def __init__(self, tokenizer, params: FormatParams):
         self.tok, self.params = tokenizer, params
         self.render = Renderer(params.template, tokenizer, bos_prefix(tokenizer))
+        self.fast = FastBPE.of(tokenizer)
 
     def _rendered(self, record: dict, messages: list[dict]):
         """The rendered record, or the drop reason and detail."""
@@ -144,7 +145,7 @@ class Formatter:
             item.enc = enc
 
     def encode(self, rendered: list[Rendered]) -> list[Encoded]:
-        return encode(self.tok, rendered, self.params.train_on_prompt)
+        return encode(self.tok, rendered, self.params.train_on_prompt, self.fast)
 
     def _fits(self, item: _Item) -> bool:
         return len(item.enc.input_ids) <= self.params.max_length
@@ -416,6 +417,7 @@ def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool) -> dict:
         "bos_prefix": bos_prefix(tokenizer),
         "pad_token": tokenizer.pad_token,
         "pad_token_set": pad_token_set,
+        "encoder": "tiktoken" if FastBPE.of(tokenizer) else "tokenizers",
         "digest": hashlib.sha256(blob).hexdigest()[:16],
     }
 

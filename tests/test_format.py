@@ -106,6 +106,7 @@ def test_gpt2_pad_token_is_set_and_reported(tmp_path, gpt2):
         "bos_prefix": "",
         "pad_token": "<|endoftext|>",
         "pad_token_set": True,
+        "encoder": "tiktoken",
         "digest": extra["tokenizer"]["digest"],
     }
     assert len(extra["tokenizer"]["digest"]) == 16
@@ -249,7 +250,7 @@ def test_row_groups_span_chunks(tmp_path, gpt2, monkeypatch):
 
 
 def test_sanity_failure_writes_nothing(tmp_path, gpt2, monkeypatch):
-    def untrained(tok, rendered, train_on_prompt=False):
+    def untrained(tok, rendered, train_on_prompt=False, fast=None):
         encs = tok.backend_tokenizer.encode_batch([r.text for r in rendered], add_special_tokens=False)
         return [Encoded(e.ids, []) for e in encs]
 
@@ -322,7 +323,7 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, gpt2_dir, monkeypatch):
 
 
 def test_sanity_failure_in_a_worker_writes_nothing(tmp_path, gpt2_dir, monkeypatch):
-    def untrained(tok, rendered, train_on_prompt=False):
+    def untrained(tok, rendered, train_on_prompt=False, fast=None):
         encs = tok.backend_tokenizer.encode_batch([r.text for r in rendered], add_special_tokens=False)
         return [Encoded(e.ids, []) for e in encs]
 

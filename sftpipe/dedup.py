@@ -42,7 +42,9 @@ import tempfile
 from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -68,7 +70,8 @@ from sftpipe.minhash import (
 
 LINES_PER_PART = 2048  # input lines per scan task (outputs never depend on it, nor on the workers)
 CHUNK_BYTES = 2 << 20  # input bytes tokenized at once: big enough for numpy, small enough for memory
-PAIRS_PER_TASK = 4096  # candidate pairs per verification task (whole components: some hold more)
+SEEN_RECORDS = 1 << 15  # decoded records a verification worker keeps (each a few KB)
+PAIRS_PER_TASK = 4096  # candidate pairs per verification task (bigger components are sliced)
 LSH_SHARDS = 64  # at least this many groups of LSH buckets on Ray, each paired in one call
 LSH_ROWS_PER_BLOCK = 16384  # signatures per Ray block
 MAX_LISTED = 20  # members shown per cluster in dedup_clusters.jsonl
@@ -177,6 +180,7 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
         "empty": empty,
         "first": msg_start[:-1],
         "n_msgs": n_msgs,
+        "n_tok": np.diff(coff),
     }
     cp = np.zeros(0, dtype=np.uint32)
     if params.near.enabled:
@@ -254,13 +258,19 @@ class _Tokens:
         if got is None:
             f = _spill(self.tmp, part, "u32")
             empty = f.stat().st_size == 0  # mmap refuses empty files
-            tokens = np.zeros(0, np.uint32) if empty else np.memmap(f, dtype=np.uint32, mode="r")
+            # a plain ndarray over the map: slicing a np.memmap costs ~10x more per call
+            tokens = (
+                np.zeros(0, np.uint32) if empty else np.memmap(f, dtype=np.uint32, mode="r").view(np.ndarray)
+            )
             moff, roles = (np.load(_spill(self.tmp, part, kind)) for kind in ("moff.npy", "roles.npy"))
             got = self.parts[part] = (tokens, moff, roles)
         tokens, moff, roles = got
+        offs = moff[first : first + n + 1].tolist()
+        text = tokens[offs[0] : offs[-1]].tobytes().decode("utf-32-le")  # one decode per record
+        lo = offs[0]
         return [
-            (int(roles[k]), tokens[moff[k] : moff[k + 1]].tobytes().decode("utf-32-le"))
-            for k in range(first, first + n)
+            (r, text[a - lo : b - lo])
+            for r, a, b in zip(roles[first : first + n].tolist(), offs[:-1], offs[1:], strict=True)
         ]
 
 
@@ -306,10 +316,13 @@ class _Scan:
         self.chunk = np.concatenate(chunk) if chunk else np.zeros(0, np.int64)
         self.first = cat("first", np.int64)
         self.n_msgs = cat("n_msgs", np.int64)
+        self.n_tok = cat("n_tok", np.int64)
 
     def where(self, rows: np.ndarray) -> np.ndarray:
         """(part, first message, messages) of each row: what `_Tokens.messages` takes."""
-        return np.stack([self.chunk[rows], self.first[rows], self.n_msgs[rows]], axis=-1)
+        out = np.empty((*rows.shape, 3), dtype=np.int32)  # int32: 24 bytes a pair, for tens of millions
+        out[..., 0], out[..., 1], out[..., 2] = self.chunk[rows], self.first[rows], self.n_msgs[rows]
+        return out
 
 
 # ---------------------------------------------------------------- pass 2: decide
@@ -355,8 +368,23 @@ def _related(x: str, y: str, threshold: float) -> bool:
     return LCSseq.similarity(x, y, score_cutoff=int(np.ceil(threshold * short))) > 0
 
 
-def verify(a: list[tuple[int, str]], b: list[tuple[int, str]], near: NearParams) -> bool:
-    """Are two conversations (lists of (role, token string)) near-duplicates? See the module doc.
+class Conv(NamedTuple):
+    """A conversation as verification reads it: roles, token strings, and both joined once."""
+
+    roles: tuple[int, ...]
+    texts: tuple[str, ...]
+    joined: str
+    starts: tuple[int, ...]  # where each message starts in `joined` (and its length, last)
+
+    @classmethod
+    def of(cls, messages: list[tuple[int, str]]) -> Conv:
+        roles, texts = zip(*messages, strict=True) if messages else ((), ())
+        return cls(roles, texts, "".join(texts), (0, *accumulate(map(len, texts))))
+
+
+def verify(a: Conv | list[tuple[int, str]], b: Conv | list[tuple[int, str]], near: NearParams) -> bool:
+    """Are two conversations (lists of (role, token string), or `Conv`s) near-duplicates? See the
+    module doc.
 
     Leading messages equal in both are set aside; the edit distance of the rest, over the size of
     both whole conversations, must stay under 1 - threshold; and the rest's questions, and each of
@@ -364,24 +392,26 @@ def verify(a: list[tuple[int, str]], b: list[tuple[int, str]], near: NearParams)
     related (similar, or one inside the other) at `part_threshold`, so a branch that gives a
     different last answer after a long shared exchange is not a duplicate.
     """
-    k = 0
-    while k < min(len(a), len(b)) and a[k] == b[k]:
+    a, b = (c if isinstance(c, Conv) else Conv.of(c) for c in (a, b))
+    k, n = 0, min(len(a.texts), len(b.texts))
+    while k < n and a.texts[k] == b.texts[k] and a.roles[k] == b.roles[k]:
         k += 1
-    ra, rb = a[k:], b[k:]
-    if not ra and not rb:
+    if k == len(a.texts) == len(b.texts):
         return True
-    full = sum(len(t) for _, t in a) + sum(len(t) for _, t in b)
-    budget = int((1 - near.threshold) * full)
-    x, y = "".join(t for _, t in ra), "".join(t for _, t in rb)
-    if Indel.distance(x, y, score_cutoff=budget) > budget:
+    budget = int((1 - near.threshold) * (len(a.joined) + len(b.joined)))
+    if Indel.distance(a.joined[a.starts[k] :], b.joined[b.starts[k] :], score_cutoff=budget) > budget:
         return False
+    ra, rb = (
+        list(zip(a.roles[k:], a.texts[k:], strict=True)),
+        list(zip(b.roles[k:], b.texts[k:], strict=True)),
+    )
     assistant = _ROLE["assistant"]
 
     def joined(rest: list, answers: bool) -> str:
         return "".join(t for r, t in rest if (r == assistant) == answers)
 
     pairs = [(joined(ra, False), joined(rb, False))]
-    if [r for r, _ in ra] == [r for r, _ in rb]:  # same turns: each answer against its counterpart
+    if a.roles[k:] == b.roles[k:]:  # same turns: each answer against its counterpart
         pairs += [(x, y) for (r, x), (_, y) in zip(ra, rb, strict=True) if r == assistant]
     else:
         pairs.append((joined(ra, True), joined(rb, True)))
@@ -434,24 +464,33 @@ def _exact_and_near(
         found = candidate_pairs(scan.sigs[reps], near.bands, near.max_bucket)
     pairs = reps[found]
     scan.sigs = None
-    status = _check_pairs(pairs, scan.where(pairs), near, str(scan.tmp), engine, workers)
-    # replayed in pair order through the clusters: a pair the workers skipped must be joined by now
-    verified = rejected = skipped = 0
+    # Indel distance is at least the difference in length: pairs too unequal in tokens cannot pass
+    # verify's first test, so they are rejected here, as verify would, without reading their tokens
+    la, lb = scan.n_tok[pairs[:, 0]], scan.n_tok[pairs[:, 1]]
+    unequal = np.abs(la - lb) > ((1 - near.threshold) * (la + lb)).astype(np.int64)
+    del la, lb
+    status = np.full(len(pairs), UNEQUAL, dtype=np.int8)
+    close = np.flatnonzero(~unequal)
+    status[close] = _check_pairs(pairs[close], scan.where(pairs[close]), near, str(scan.tmp), engine, workers)
+    # replayed in pair order through the clusters: a pair already joined is skipped (a worker that
+    # saw only a slice of its component may have verified it anyway); any other has its verdict
+    verified = rejected = skipped = by_length = 0
     for (a, b), got in _rows(pairs, status):
-        joined = uf.find(a) == uf.find(b)
-        if joined != (got == SKIPPED):
-            raise RuntimeError(f"dedup: verification of ({ids[a]}, {ids[b]}) went astray (a bug)")
-        if joined:
+        if uf.find(a) == uf.find(b):
             skipped += 1
+        elif got == SKIPPED:
+            raise RuntimeError(f"dedup: verification of ({ids[a]}, {ids[b]}) went astray (a bug)")
         elif got == SAME:
             uf.union(a, b)
             verified += 1
         else:
             rejected += 1
+            by_length += got == UNEQUAL
     stats["near"] = {
         "candidate_pairs": len(pairs),
         "verified": verified,
         "rejected_by_verification": rejected,
+        "rejected_by_length": by_length,
         "skipped_already_clustered": skipped,
     }
     return uf, exact_root, stats
@@ -459,14 +498,16 @@ def _exact_and_near(
 
 # ---------------------------------------------------------------- pass 2 on workers
 
-SKIPPED, SAME, DIFFERENT = 0, 1, 2  # what became of a candidate pair
+SKIPPED, SAME, DIFFERENT, UNEQUAL = 0, 1, 2, 3  # what became of a candidate pair (UNEQUAL: lengths)
 
 
 def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Verify candidate pairs in their order, skipping a pair whose records are already joined
     through pairs verified before it (an own union-find over the records seen). Over whole
     components of the candidate graph this skips and verifies exactly the pairs that the same loop
-    over all pairs would: components never share a record, so they cannot affect each other."""
+    over all pairs would: components never share a record, so they cannot affect each other. Over
+    a slice of a component it skips a subset of those (what it joins, the whole loop has joined
+    too), so every pair the loop would verify has a verdict, and the driver's replay decides."""
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -480,14 +521,20 @@ def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.nd
     out = np.empty(len(pairs), dtype=np.int8)
     tokens = _Tokens(tmp)
     last, conv_a = None, None
+    seen: dict[int, Conv] = {}  # second records read lately: most recur in a component
     for k, ((a, b), (where_a, where_b)) in enumerate(_rows(pairs, where)):
         ra, rb = find(a), find(b)
         if ra == rb:
             out[k] = SKIPPED
             continue
         if a != last:  # pairs come sorted by their first record: read it once
-            last, conv_a = a, tokens.messages(*where_a)
-        if verify(conv_a, tokens.messages(*where_b), near):
+            last, conv_a = a, Conv.of(tokens.messages(*where_a))
+        conv_b = seen.get(b)
+        if conv_b is None:
+            if len(seen) >= SEEN_RECORDS:
+                seen.clear()
+            conv_b = seen[b] = Conv.of(tokens.messages(*where_b))
+        if verify(conv_a, conv_b, near):
             parent[ra] = rb
             out[k] = SAME
         else:
@@ -521,33 +568,37 @@ def _verify_task(ctx: tuple[NearParams, str], task: _PairTask) -> np.ndarray:
 
 def _pair_tasks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
     """The pair numbers (ascending) of each verification task: connected components of the
-    candidate graph, taken in the order of their first pair until a task holds `size` pairs."""
+    candidate graph, taken in the order of their first pair until a task holds `size` pairs; a
+    component of more than `size` pairs is cut into slices of `size` (in pair order), so one giant
+    component does not leave a single core verifying it."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     nodes, local = np.unique(pairs, return_inverse=True)
-    parent = list(range(len(nodes)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
     ends = local.reshape(-1, 2)
-    for (a, b), _ in _rows(ends, ends):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[ra] = rb
-    comp = np.array([find(a) for a in ends[:, 0].tolist()], dtype=np.int64)
+    graph = coo_matrix((np.ones(len(ends), dtype=bool), (ends[:, 0], ends[:, 1])), shape=(len(nodes),) * 2)
+    comp = connected_components(graph, directed=False)[1][ends[:, 0]]
     _, first, label = np.unique(comp, return_index=True, return_inverse=True)
     seq = np.empty(len(first), dtype=np.int64)  # components numbered by their first pair
     seq[np.argsort(first)] = np.arange(len(first))
     comp_seq = seq[label]
-    task_of, task, filled = [], 0, 0
-    for count in np.bincount(comp_seq).tolist():
+    counts = np.bincount(comp_seq)
+    task_of, task, filled = [], 0, 0  # each component's (first) task
+    for count in counts.tolist():
+        if count > size:  # a task of its own per slice
+            task += filled > 0
+            task_of.append(task)
+            task, filled = task + -(-count // size), 0
+            continue
         task_of.append(task)
         filled += count
         if filled >= size:
             task, filled = task + 1, 0
-    task_ids = np.array(task_of, dtype=np.int64)[comp_seq]
+    by_comp = np.argsort(comp_seq, kind="stable")
+    pos = np.empty(len(pairs), dtype=np.int64)  # each pair's place in its component
+    pos[by_comp] = np.arange(len(pairs)) - np.repeat(np.cumsum(counts) - counts, counts)
+    big = counts[comp_seq] > size
+    task_ids = np.array(task_of, dtype=np.int64)[comp_seq] + np.where(big, pos // size, 0)
     order = np.argsort(task_ids, kind="stable")
     return np.split(order, np.cumsum(np.bincount(task_ids))[:-1]) if len(pairs) else []
 

@@ -382,9 +382,31 @@ def test_candidate_pairs_cut_big_buckets():
 
 def test_verification_tasks_hold_whole_components_in_pair_order():
     pairs = np.array([[0, 1], [0, 5], [1, 5], [2, 3], [4, 6], [5, 7]])
-    tasks = dedup_mod._pair_tasks(pairs, size=2)
+    tasks = dedup_mod._pair_tasks(pairs, size=4)
     assert [t.tolist() for t in tasks] == [[0, 1, 2, 5], [3, 4]]  # {0, 1, 5, 7}, then {2, 3} + {4, 6}
     assert dedup_mod._pair_tasks(np.zeros((0, 2), dtype=np.int64), size=2) == []
+
+
+def test_a_component_bigger_than_a_task_is_sliced_in_pair_order():
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [1, 3], [4, 5], [2, 3], [3, 6], [7, 8]])
+    tasks = dedup_mod._pair_tasks(pairs, size=2)  # {0, 1, 2, 3, 6}: 6 pairs in 3 slices
+    assert [t.tolist() for t in tasks] == [[0, 1], [2, 3], [5, 6], [4, 7]]
+
+
+def test_sliced_components_verify_as_one_sequential_loop(tmp_path, monkeypatch):
+    """A family of look-alikes forms one big component; cut into slices of 3 pairs over 2 workers,
+    the stats and outputs equal the run with whole components (every slice verified anew)."""
+    base = "the quick brown fox jumps over the lazy dog and then runs far away into the woods"
+    records = [rec(f"f/{i}", f"{base} {i}", f"answer about the fox number {i % 3}") for i in range(12)]
+    records += [rec("o/1", "something else entirely", "unrelated")]
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "sliced").mkdir()
+    whole = run(tmp_path / "whole", records)
+    monkeypatch.setattr(dedup_mod, "PAIRS_PER_TASK", 3)
+    sliced = run(tmp_path / "sliced", records, workers=2)
+    assert sliced == whole
+    near = whole[0]["near"]
+    assert near["candidate_pairs"] > 6 and near["skipped_already_clustered"] > 0 and near["verified"] > 0
 
 
 def test_sharded_lsh_of_engine_ray_finds_the_same_pairs():

@@ -28,7 +28,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-from scale import tree_rss  # noqa: E402  (benchmarks/ is this script's folder)
+from scale import tree_memory  # noqa: E402  (benchmarks/ is this script's folder)
 
 OUTPUTS = ("out/records.jsonl", "out/rejected.jsonl", "dedup.json", "dedup_clusters.jsonl")
 
@@ -47,7 +47,7 @@ def run(engine: str, workers: int, source: Path, work: Path) -> dict:
     with open(run_dir / "log.txt", "wb") as log:
         proc = psutil.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         while True:
-            peak = max(peak, tree_rss(proc))
+            peak = max(peak, tree_memory(proc))
             with contextlib.suppress(psutil.TimeoutExpired):
                 code = proc.wait(timeout=0.2)
                 break

@@ -2,8 +2,9 @@
 
 Measures, per stage (ingest@scale, clean, dedup, format, split, mix, export, each run exactly as
 dvc.yaml's `cmd`, as a subprocess in a throwaway copy of the repo): wall time, peak memory (the
-peak of the summed RSS of the stage's whole process tree, workers included, sampled every 0.2 s;
-shared copy-on-write pages count once per process, so it errs high) and records in/out from its
+peak of the summed PSS of the stage's whole process tree, workers included, sampled every 0.2 s:
+a page shared by n processes, like the copy-on-write pages forked workers share with their parent,
+counts 1/n in each, so the sum is what the tree holds; RSS would count it n times) and records in/out from its
 report. Targets at 1M: all data stages together <= 15 min and <= 6 GB peak.
 
 Inputs (OpenAI `messages` JSONL, cached in --workdir) come from real corpora ingested with sftpipe:
@@ -176,12 +177,14 @@ def code_state() -> dict:
     return {"commit": git("rev-parse", "--short", "HEAD").strip(), "dirty": dirty}
 
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_memory(proc: psutil.Process) -> int:
+    """Bytes the process tree holds: the sum of its processes' PSS (RSS where PSS is unknown)."""
     total = 0
     with contextlib.suppress(psutil.Error):
         for p in [proc, *proc.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+                info = p.memory_full_info()
+                total += getattr(info, "pss", info.rss)
     return total
 
 
@@ -196,7 +199,7 @@ def run_stage(repo: Path, stage: str, log: Path) -> tuple[float, float, int]:
     with open(log, "wb") as fh:
         proc = psutil.Popen(argv, cwd=repo, env=env, stdout=fh, stderr=subprocess.STDOUT)
         while True:
-            peak = max(peak, tree_rss(proc))
+            peak = max(peak, tree_memory(proc))
             with contextlib.suppress(psutil.TimeoutExpired):
                 code = proc.wait(timeout=0.2)
                 break
@@ -277,7 +280,7 @@ def plot(results: dict, engine: str) -> None:
     xs = [int(s) for s in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, key, target, label in ((axes[0], "seconds", TARGET_S, "wall time (s)"),
-                                   (axes[1], "peak_mb", TARGET_MB, "peak memory (MB, process-tree RSS)")):  # fmt: skip
+                                   (axes[1], "peak_mb", TARGET_MB, "peak memory (MB, process-tree PSS)")):  # fmt: skip
         for stage in (*STAGES, "total"):
             ys = [row(results[s], stage)[key] for s in sizes]
             ax.plot(xs, ys, marker="o", lw=2.5 if stage == "total" else 1, label=stage)

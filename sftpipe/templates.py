@@ -116,6 +116,7 @@ class Renderer:
             raise TemplateError("the tokenizer has no eos_token, so assistant turns cannot end")
         self.template, self.tok, self.bos, self.eos = template, tokenizer, bos, tokenizer.eos_token
         self._render = getattr(self, f"_{template}")
+        self._direct = None
         if template == "tokenizer":
             if not getattr(tokenizer, "chat_template", None):
                 raise TemplateError(
@@ -124,6 +125,7 @@ class Renderer:
                 )
             specials = sorted({t for t in _special_tokens(tokenizer) if t}, key=len, reverse=True)
             self._special = re.compile("|".join(map(re.escape, specials)))
+            self._direct = _direct_template(tokenizer)
 
     def __call__(self, messages: list[dict], meta: dict | None = None) -> Rendered:
         meta = meta or {}
@@ -243,6 +245,8 @@ class Renderer:
 
     def _apply(self, messages: list[dict], generation_prompt: bool) -> str:
         try:
+            if self._direct and not any(_REASONING.intersection(m) for m in messages):
+                return self._direct(messages, generation_prompt)
             return self.tok.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation_prompt
             )
@@ -254,3 +258,43 @@ def _special_tokens(tokenizer) -> set[str]:
     tokens = set(tokenizer.all_special_tokens)
     tokens.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
     return tokens
+
+
+_REASONING = frozenset({"reasoning_content", "thinking", "reasoning"})  # transformers aliases these
+_PROBES = [
+    [{"role": "user", "content": " Hi <|im_end|>\n"}, {"role": "assistant", "content": "Hello!  "}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ],
+]
+
+
+def _direct_template(tokenizer):
+    """The tokenizer's compiled chat template, called as `apply_chat_template(..., tokenize=False)`
+    calls it for plain JSON messages, without its per-call preparation (about 40% of the time of
+    rendering a conversation); None when it does not give the same text on probe conversations.
+    `apply_chat_template` stays the path for messages with reasoning fields, which it aliases."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(tokenizer.get_chat_template())
+        special = dict(tokenizer.special_tokens_map)
+
+        def render(messages: list[dict], generation_prompt: bool) -> str:
+            plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
+            return compiled.render(
+                messages=plain, tools=None, documents=None, add_generation_prompt=generation_prompt, **special
+            )
+
+        same = all(
+            render(m, gp) == tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=gp)
+            for m in _PROBES
+            for gp in (False, True)
+        )
+    except Exception:  # a private helper of transformers: any change there means the public path
+        return None
+    return render if same else None

@@ -252,3 +252,31 @@ def test_tokenizer_template_locating_by_markers_and_by_prefixes_agree(smol):
         by_markers = render._contents_by_markers(c, text)
         assert by_markers == render._contents_by_prefixes(c, text)
         assert [text[a:b] for a, b in by_markers] == [m["content"] for m in c if m["role"] == "assistant"]
+
+
+def test_direct_chat_template_renders_what_apply_chat_template_renders(smol, corpora, tmp_path):
+    """The compiled template called directly gives apply_chat_template's text, on real multi-turn
+    conversations (with system prompts) and with the generation prompt; a template it cannot
+    reproduce falls back to apply_chat_template."""
+    from sftpipe.ingest import ingest
+    from sftpipe.jsonio import read_jsonl
+    from sftpipe.sources import SourceSpec
+    from sftpipe.templates import _direct_template
+
+    direct = _direct_template(smol)
+    assert direct is not None
+    ingest("oasst", SourceSpec(path=str(corpora / "oasst1_en_100_tree.jsonl"), mode="all"), tmp_path)
+    convs = [r["messages"] for r in read_jsonl(tmp_path / "records.jsonl")]
+    assert len(convs) > 500 and max(len(c) for c in convs) > 4  # multi-turn
+    for conv in convs:
+        for gp in (False, True):
+            assert direct(conv, gp) == smol.apply_chat_template(conv, tokenize=False, add_generation_prompt=gp)
+
+    class Changed:  # a tokenizer whose apply_chat_template does more than the template
+        def __getattr__(self, name):
+            return getattr(smol, name)
+
+        def apply_chat_template(self, messages, **kw):
+            return smol.apply_chat_template(messages, **kw).upper()
+
+    assert _direct_template(Changed()) is None

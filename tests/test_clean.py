@@ -499,3 +499,34 @@ def test_dvc_repro_clean_after_ingest(corpora, tmp_path):
     assert set(json.loads(dvc(repo, "status", "clean", "--json").stdout)) == {"clean"}
     out = dvc(repo, "repro", "clean").stdout
     assert "Running stage 'clean'" in out and "Running stage 'ingest@libre'" not in out
+
+
+def test_normalize_fast_path_agrees_with_every_step_applied():
+    """`normalize` skips the steps for texts none of them would change; on random texts built from
+    what the steps act on (fences, CR, control and zero-width characters, blank-line runs,
+    decomposed accents, edge whitespace) it agrees with running every step."""
+    import random
+
+    from sftpipe import textnorm as tn
+
+    def every_step(text: str) -> tuple[str, set[str]]:
+        parts, changed = tn.split_code(text), set()
+        for name, func in zip(tn.STEPS, tn._FUNCS, strict=False):
+            for i, (is_code, part) in enumerate(parts):
+                if not is_code and func(part) != part:
+                    parts[i], changed = (False, func(part)), changed | {name}
+        for k, strip in ((0, str.lstrip), (-1, str.rstrip)):
+            if parts and not parts[k][0] and strip(parts[k][1]) != parts[k][1]:
+                parts[k], changed = (False, strip(parts[k][1])), changed | {"trim"}
+        return "".join(p for _, p in parts), changed
+
+    pieces = ["a", "word ", " ", "\n", "\t", "\r", "\r\n", "```", "~~~", "\x00", "\u200b", "e\u0301", "é",
+              "\n\n\n", "  \n \n\n", "x\n", "\u00a0"]  # fmt: skip
+    rng = random.Random(0)
+    fast = 0
+    for _ in range(50_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        got = tn.normalize(text)
+        assert got == every_step(text), repr(text)
+        fast += got == (text, set())
+    assert 1_000 < fast < 49_000  # both paths were taken

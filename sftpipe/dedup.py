@@ -42,6 +42,7 @@ import tempfile
 from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple
@@ -519,7 +520,7 @@ def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.nd
         return root
 
     out = np.empty(len(pairs), dtype=np.int8)
-    tokens = _Tokens(tmp)
+    tokens = _tokens(tmp)
     last, conv_a = None, None
     seen: dict[int, Conv] = {}  # second records read lately: most recur in a component
     for k, ((a, b), (where_a, where_b)) in enumerate(_rows(pairs, where)):
@@ -556,6 +557,13 @@ class _PairTask:
     index: int
     pairs: np.ndarray  # [k, 2] records
     where: np.ndarray  # [k, 2, 3] (part, first message, messages) of both records
+
+
+@lru_cache(maxsize=1)
+def _tokens(tmp: str) -> _Tokens:
+    """One reader of the spill files per process: a task would otherwise load again the index of
+    every part its records are in (hundreds, for a slice of a big component)."""
+    return _Tokens(tmp)
 
 
 def _verify_state(near: NearParams, tmp: str) -> tuple[NearParams, str]:
@@ -623,6 +631,7 @@ def _check_pairs(
         for t, got in zip(tasks, results, strict=True):
             status[t] = got
             progress.update(len(t))
+    _tokens.cache_clear()  # when verified in this process: the spill files go next
     return status
 
 

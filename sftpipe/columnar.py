@@ -75,63 +75,96 @@ def write_rows(
     """Write rows `rows` of Parquet file `src` (indices, any order, repeats allowed) to `dest` in
     that order, with `extra` columns (one value per written row) appended; zstd, row groups of
     ROW_GROUP rows, no schema metadata."""
+    write_many(src, {dest: (rows, extra)}, desc)
+
+
+def write_many(
+    src: str | Path,
+    outputs: dict[str | Path, tuple[np.ndarray, dict[str, pa.Array] | None]],
+    desc: str = "write",
+) -> None:
+    """`write_rows` for several outputs (dest -> (rows, extra)) in one pass over `src`: each batch
+    is read and decoded once, whatever the number of outputs. Outputs that fit the memory budget
+    (BUCKET_BYTES in all) stay in memory; the others go through bucket files."""
     pf = pq.ParquetFile(src)
-    rows = np.asarray(rows, dtype=np.int64)
-    extra = extra or {}
     schema = pf.schema_arrow.remove_metadata()
-    for name, values in extra.items():
-        schema = schema.append(pa.field(name, values.type))
-    per_bucket = max(1, int(BUCKET_BYTES / max(1.0, _row_bytes(pf))) // ROW_GROUP) * ROW_GROUP
-    n_buckets = max(1, -(-len(rows) // per_bucket))
-    with tempfile.TemporaryDirectory(prefix=".rows-", dir=Path(dest).parent) as tmp:
-        buckets = _bucket(pf, rows, per_bucket, Path(tmp), desc)
-        with pq.ParquetWriter(dest, schema, compression="zstd") as writer:
-            if not len(rows):
-                writer.write_table(schema.empty_table())
-            for b in range(n_buckets if len(rows) else 0):
-                table = buckets(b)
-                table = table.take(pc.sort_indices(table["__pos"])).drop_columns(["__pos"])
-                for name, values in extra.items():
-                    table = table.append_column(name, values.slice(b * per_bucket, table.num_rows))
-                writer.write_table(table.replace_schema_metadata(None), row_group_size=ROW_GROUP)
+    row_bytes, budget = max(1.0, _row_bytes(pf)), BUCKET_BYTES
+    plans = []
+    for dest, (rows, extra) in outputs.items():
+        rows, extra = np.asarray(rows, dtype=np.int64), extra or {}
+        per_bucket = max(1, int(BUCKET_BYTES / row_bytes) // ROW_GROUP) * ROW_GROUP
+        in_memory = len(rows) * row_bytes <= budget
+        if in_memory:
+            budget -= len(rows) * row_bytes
+            per_bucket = max(per_bucket, len(rows))
+        plans.append(_Plan(Path(dest), rows, extra, per_bucket, in_memory))
+    with tempfile.TemporaryDirectory(prefix=".rows-", dir=Path(plans[0].dest).parent) as tmp:
+        _bucket(pf, plans, Path(tmp), desc)
+        for k, plan in enumerate(plans):
+            out_schema = schema
+            for name, values in plan.extra.items():
+                out_schema = out_schema.append(pa.field(name, values.type))
+            with pq.ParquetWriter(plan.dest, out_schema, compression="zstd") as writer:
+                if not len(plan.rows):
+                    writer.write_table(out_schema.empty_table())
+                for b in range(-(-len(plan.rows) // plan.per_bucket)):
+                    table = plan.load(Path(tmp), k, b)
+                    table = table.take(pc.sort_indices(table["__pos"])).drop_columns(["__pos"])
+                    for name, values in plan.extra.items():
+                        table = table.append_column(name, values.slice(b * plan.per_bucket, table.num_rows))
+                    writer.write_table(table.replace_schema_metadata(None), row_group_size=ROW_GROUP)
 
 
-def _bucket(pf: pq.ParquetFile, rows: np.ndarray, per_bucket: int, tmp: Path, desc: str):
-    """One pass over the input sending each wanted row, with its output position `__pos`, to the
-    bucket of that position; returns bucket number -> its rows (unsorted). A single bucket stays
-    in memory; more go through Arrow IPC files in `tmp`."""
-    by_row = np.argsort(rows, kind="stable")  # output positions in input-row order
-    sorted_rows = rows[by_row]
-    in_memory = len(rows) <= per_bucket
-    held: dict[int, list[pa.RecordBatch]] = {}
-    sinks: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-    options = pa.ipc.IpcWriteOptions(compression="lz4")
+class _Plan:
+    """One output of `write_many`: its rows, and where the rows of each of its buckets wait."""
+
+    def __init__(self, dest: Path, rows: np.ndarray, extra: dict, per_bucket: int, in_memory: bool):
+        self.dest, self.rows, self.extra, self.per_bucket, self.in_memory = (
+            dest,
+            rows,
+            extra,
+            per_bucket,
+            in_memory,
+        )
+        self.by_row = np.argsort(rows, kind="stable")  # output positions in input-row order
+        self.sorted_rows = rows[self.by_row]
+        self.held: dict[int, list[pa.RecordBatch]] = {}
+        self.sinks: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def add(self, batch: pa.RecordBatch, offset: int, tmp: Path, k: int) -> None:
+        lo, hi = np.searchsorted(self.sorted_rows, [offset, offset + batch.num_rows])
+        if hi == lo:
+            return
+        pos = self.by_row[lo:hi]
+        taken = batch.take(pa.array(self.sorted_rows[lo:hi] - offset)).append_column("__pos", pa.array(pos))
+        bucket = pos // self.per_bucket
+        for b in np.unique(bucket).tolist():
+            if self.in_memory:
+                self.held.setdefault(b, []).append(taken)
+                continue
+            if b not in self.sinks:
+                options = pa.ipc.IpcWriteOptions(compression="lz4")
+                self.sinks[b] = pa.ipc.new_file(tmp / f"{k}-{b}.arrow", taken.schema, options=options)
+            self.sinks[b].write_batch(taken.filter(pa.array(bucket == b)))
+
+    def load(self, tmp: Path, k: int, b: int) -> pa.Table:
+        if self.in_memory:
+            return pa.Table.from_batches(self.held.pop(b))
+        with pa.OSFile(str(tmp / f"{k}-{b}.arrow")) as f:
+            return pa.ipc.open_file(f).read_all()
+
+
+def _bucket(pf: pq.ParquetFile, plans: list[_Plan], tmp: Path, desc: str) -> None:
+    """One pass over the input sending each wanted row of every output, with its output position
+    `__pos`, to the bucket of that position (in memory, or an Arrow IPC file in `tmp`)."""
     offset = 0
     progress = tqdm(total=pf.metadata.num_rows, desc=desc, unit=" row", disable=None)
     for batch in _batches(pf):
-        lo, hi = np.searchsorted(sorted_rows, [offset, offset + batch.num_rows])
-        if hi > lo:
-            pos = by_row[lo:hi]
-            taken = batch.take(pa.array(sorted_rows[lo:hi] - offset)).append_column("__pos", pa.array(pos))
-            bucket = pos // per_bucket
-            for b in np.unique(bucket).tolist():
-                part = taken if in_memory else taken.filter(pa.array(bucket == b))
-                if in_memory:
-                    held.setdefault(b, []).append(part)
-                    continue
-                if b not in sinks:
-                    sinks[b] = pa.ipc.new_file(tmp / f"{b}.arrow", part.schema, options=options)
-                sinks[b].write_batch(part)
+        for k, plan in enumerate(plans):
+            plan.add(batch, offset, tmp, k)
         offset += batch.num_rows
         progress.update(batch.num_rows)
     progress.close()
-    for sink in sinks.values():
-        sink.close()
-
-    def load(b: int) -> pa.Table:
-        if in_memory:
-            return pa.Table.from_batches(held.pop(b))
-        with pa.OSFile(str(tmp / f"{b}.arrow")) as f:
-            return pa.ipc.open_file(f).read_all()
-
-    return load
+    for plan in plans:
+        for sink in plan.sinks.values():
+            sink.close()

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftpipe import columnar
-from sftpipe.columnar import ROW_GROUP, read_column, text_hashes, write_rows
+from sftpipe.columnar import ROW_GROUP, read_column, text_hashes, write_many, write_rows
 from sftpipe.split import _hash
 
 
@@ -52,6 +52,21 @@ def test_rows_in_any_order_with_repeats_match_an_in_memory_write(
                    row_group_size=ROW_GROUP)  # fmt: skip
     assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "want.parquet").read_bytes()
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == -(-len(rows) // ROW_GROUP)
+
+
+@pytest.mark.parametrize("bucket_bytes", [columnar.BUCKET_BYTES, 40_000, 1])  # all, some, none in memory
+def test_several_outputs_in_one_pass_match_in_memory_writes(tmp_path, table_file, bucket_bytes, monkeypatch):
+    """A split's three outputs (a big one, two small ones, disjoint, in any order) from one pass."""
+    monkeypatch.setattr(columnar, "BUCKET_BYTES", bucket_bytes)
+    path, table = table_file
+    order = np.random.default_rng(2).permutation(table.num_rows)
+    rows = {"train": order[:-400], "val": order[-400:-150], "test": order[-150:]}
+    write_many(path, {tmp_path / f"{name}.parquet": (r, None) for name, r in rows.items()})
+    for name, r in rows.items():
+        pq.write_table(
+            expected(table, r), tmp_path / "want.parquet", compression="zstd", row_group_size=ROW_GROUP
+        )
+        assert (tmp_path / f"{name}.parquet").read_bytes() == (tmp_path / "want.parquet").read_bytes(), name
 
 
 def test_no_rows_write_an_empty_file_with_the_schema(tmp_path, table_file):

@@ -319,11 +319,10 @@ class _Scan:
         self.n_msgs = cat("n_msgs", np.int64)
         self.n_tok = cat("n_tok", np.int64)
 
-    def where(self, rows: np.ndarray) -> np.ndarray:
-        """(part, first message, messages) of each row: what `_Tokens.messages` takes."""
-        out = np.empty((*rows.shape, 3), dtype=np.int32)  # int32: 24 bytes a pair, for tens of millions
-        out[..., 0], out[..., 1], out[..., 2] = self.chunk[rows], self.first[rows], self.n_msgs[rows]
-        return out
+    def locations(self) -> np.ndarray:
+        """(part, first message, messages) of every record, int32 [n, 3]: what `_Tokens.messages`
+        takes. Verification workers get it once and look pairs up in it."""
+        return np.stack([self.chunk, self.first, self.n_msgs], axis=1).astype(np.int32)
 
 
 # ---------------------------------------------------------------- pass 2: decide
@@ -472,7 +471,7 @@ def _exact_and_near(
     del la, lb
     status = np.full(len(pairs), UNEQUAL, dtype=np.int8)
     close = np.flatnonzero(~unequal)
-    status[close] = _check_pairs(pairs[close], scan.where(pairs[close]), near, str(scan.tmp), engine, workers)
+    status[close] = _check_pairs(pairs[close], scan.locations(), near, str(scan.tmp), engine, workers)
     # replayed in pair order through the clusters: a pair already joined is skipped (a worker that
     # saw only a slice of its component may have verified it anyway); any other has its verdict
     verified = rejected = skipped = by_length = 0
@@ -552,11 +551,10 @@ def _rows(pairs: np.ndarray, where: np.ndarray, step: int = 1 << 16):
 
 @dataclass(frozen=True)
 class _PairTask:
-    """Candidate pairs (whole components, in pair order) and where each record's tokens are."""
+    """Candidate pairs (whole components or slices of one, in pair order)."""
 
     index: int
     pairs: np.ndarray  # [k, 2] records
-    where: np.ndarray  # [k, 2, 3] (part, first message, messages) of both records
 
 
 @lru_cache(maxsize=1)
@@ -566,12 +564,13 @@ def _tokens(tmp: str) -> _Tokens:
     return _Tokens(tmp)
 
 
-def _verify_state(near: NearParams, tmp: str) -> tuple[NearParams, str]:
-    return near, tmp
+def _verify_state(near: NearParams, tmp: str, locations: np.ndarray) -> tuple[NearParams, str, np.ndarray]:
+    return near, tmp, locations
 
 
-def _verify_task(ctx: tuple[NearParams, str], task: _PairTask) -> np.ndarray:
-    return _verify_in_order(*ctx, task.pairs, task.where)
+def _verify_task(ctx: tuple[NearParams, str, np.ndarray], task: _PairTask) -> np.ndarray:
+    near, tmp, locations = ctx
+    return _verify_in_order(near, tmp, task.pairs, locations[task.pairs])
 
 
 def _pair_tasks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
@@ -612,19 +611,19 @@ def _pair_tasks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def _check_pairs(
-    pairs: np.ndarray, where: np.ndarray, near: NearParams, tmp: str, engine: Engine, workers: int
+    pairs: np.ndarray, locations: np.ndarray, near: NearParams, tmp: str, engine: Engine, workers: int
 ) -> np.ndarray:
     """SKIPPED, SAME or DIFFERENT for each candidate pair, as one loop over all of them in order
     would find; the components of the candidate graph go to the engine's workers, which read the
     records' tokens from the spill files."""
     size = max(1, min(PAIRS_PER_TASK, -(-len(pairs) // max(1, workers))))
     tasks = _pair_tasks(pairs, size)
-    jobs = [_PairTask(k, pairs[t], where[t]) for k, t in enumerate(tasks)]
+    jobs = [_PairTask(k, pairs[t]) for k, t in enumerate(tasks)]
     if engine == "ray":
-        results = _ray_verify(jobs, near, tmp, workers)
+        results = _ray_verify(jobs, near, tmp, locations, workers)
     else:
         results = ordered_map(
-            _verify_task, jobs, setup=_verify_state, setup_args=(near, tmp), workers=workers
+            _verify_task, jobs, setup=_verify_state, setup_args=(near, tmp, locations), workers=workers
         )
     status = np.full(len(pairs), -1, dtype=np.int8)
     with tqdm(total=len(pairs), desc="dedup verify", unit=" pair", disable=None) as progress:
@@ -635,13 +634,13 @@ def _check_pairs(
     return status
 
 
-def _ray_verify_rows(batch: dict, near: NearParams, tmp: str) -> dict:
+def _ray_verify_rows(batch: dict, near: NearParams, tmp: str, locations: np.ndarray) -> dict:
     tasks = [pickle.loads(blob) for blob in batch["task"]]
-    done = [pickle.dumps(_verify_in_order(near, tmp, t.pairs, t.where), protocol=5) for t in tasks]
+    done = [pickle.dumps(_verify_task((near, tmp, locations), t), protocol=5) for t in tasks]
     return {"index": batch["index"], "status": done}
 
 
-def _ray_verify(jobs: list[_PairTask], near: NearParams, tmp: str, workers: int):
+def _ray_verify(jobs: list[_PairTask], near: NearParams, tmp: str, locations: np.ndarray, workers: int):
     """Verification tasks as Ray tasks, a row each (so a component is never cut); results in order."""
     if not jobs:
         return
@@ -650,7 +649,7 @@ def _ray_verify(jobs: list[_PairTask], near: NearParams, tmp: str, workers: int)
     init_ray(workers)
     rows = [{"index": j.index, "task": pickle.dumps(j, protocol=5)} for j in jobs]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        _ray_verify_rows, fn_kwargs={"near": near, "tmp": tmp}, batch_size=1,
+        _ray_verify_rows, fn_kwargs={"near": near, "tmp": tmp, "locations": locations}, batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=max(1, workers)), num_cpus=1,
     )  # fmt: skip
     for expected, row in enumerate(ds.iter_rows()):

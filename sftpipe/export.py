@@ -192,6 +192,30 @@ def write_jsonl_formats(
                 bar.update(batch.num_rows)
 
 
+def write_outputs(
+    splits: dict[str, Split], formats: list[str], parquet: bool, dest: Path, workers: int = 1
+) -> None:
+    """dest/hf, dest/jsonl/<format>/ and dest/parquet/ (when `parquet`), by up to `workers` processes:
+    the HF dataset, the JSONL formats in two halves, and the Parquet copy are independent writes of
+    their own files, so the bytes do not depend on `workers`. Spawned, not forked: the stage has
+    started Arrow's and the tokenizer's threads, which a fork would copy mid-work."""
+    halves = [formats[0::2], formats[1::2]] if workers > 1 else [formats]
+    jobs = [(save_hf, (splits, dest / "hf"))]
+    jobs += [(write_jsonl_formats, (splits, half, dest / "jsonl")) for half in halves if half]
+    jobs += [(write_parquet, (splits, dest / "parquet"))] if parquet else []
+    if workers <= 1:
+        for fn, args in jobs:
+            fn(*args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        for done in [pool.submit(fn, *args) for fn, args in jobs]:
+            done.result()  # a worker's exception is raised here, as itself
+
+
 def write_parquet(splits: dict[str, Split], dest: Path) -> None:
     """dest/<split>.parquet with every column. Mix already writes exactly these bytes (zstd, no schema
     metadata, 16384-row groups), so a split's file is copied as it is."""

@@ -157,7 +157,7 @@ def candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int) -> np.ndarray
     only with the next `max_bucket - 1` rows, so a huge family of look-alikes cannot go quadratic.
     """
     n = len(sigs)
-    found = []
+    found = []  # each pair as one int64 code, a * n + b: a quarter of the memory of pairs + copies
     for band in range(bands):
         key = band_key(sigs, band, bands)
         order = np.argsort(key, kind="stable")
@@ -166,10 +166,16 @@ def candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int) -> np.ndarray
         new[1:] = k[1:] != k[:-1]
         pairs = bucket_pairs(order, new, max_bucket)
         if len(pairs):
-            found.append(pairs)
+            found.append(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+        del pairs
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
-    codes = np.unique(np.concatenate(found).astype(np.int64) @ np.array([n, 1], dtype=np.int64))
+    codes = np.concatenate(found)
+    del found
+    codes.sort()  # in place; then keep the first of each run of equal codes
+    keep = np.ones(len(codes), dtype=bool)
+    keep[1:] = codes[1:] != codes[:-1]
+    codes = codes[keep]
     return np.stack([codes // n, codes % n], axis=1)
 
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from sftpipe import cli
 from sftpipe.accounting import Tally
-from sftpipe.export import SanityError, metadata, sanity, save_hf, survey, write_jsonl_formats, write_parquet
+from sftpipe.export import SanityError, metadata, sanity, survey, write_outputs
 from sftpipe.jsonio import atomic_path, write_json
 from sftpipe.params import load_params
 from sftpipe.split import SPLITS
@@ -40,10 +40,7 @@ def main() -> None:
     data_params = {k: v for k, v in params.model_dump(mode="json").items() if k in DATA_SECTIONS}
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        save_hf(splits, tmp / "hf")
-        write_jsonl_formats(splits, p.formats, tmp / "jsonl")
-        if p.parquet:
-            write_parquet(splits, tmp / "parquet")
+        write_outputs(splits, p.formats, p.parquet, tmp, workers=params.n_workers)
         write_json(
             tmp / "metadata.json", metadata(data_params, list(params.sources), facts, Path(args.reports))
         )

@@ -11,18 +11,22 @@ Two streaming passes over the input, so no record is held as a Python object bey
    node shares, like the input;
 2. decide on those arrays: contaminated records out; exact groups; LSH candidate pairs among
    exact-group representatives (on `engine: ray`, Ray Data groups the (band, bucket key, record)
-   rows by shards of buckets: the same pairs); each pair verified on its tokens (by whole
-   connected components of the candidate graph on the workers, when there are several); the
-   verdicts replayed in pair order through a union-find of clusters; optional semantic clusters;
+   rows by shards of buckets: the same pairs); pairs whose lengths differ by more than verify's
+   edit budget rejected unread; each other pair verified on its tokens (by connected components
+   of the candidate graph on the workers, when there are several; a component bigger than a task
+   is cut into slices, each verified in order with its own union-find, so a worker may verify a
+   pair the whole loop would skip); the verdicts replayed in pair order through a union-find of
+   clusters, which decides what is skipped; optional semantic clusters;
    one survivor per cluster, the best by `priority` (listed sources first, in order; the rest by
    name), then quality score, then id;
 3. write: stream the input again, writing survivors (with `meta.cluster`) and rejected records.
 
 Outputs do not depend on the engine, the workers or the part size. What stays on the driver, per
-record: its id, a few numbers, its signature until the LSH step (4 * num_perm bytes), the candidate
-pairs and its union-find entry, about 2.3 KB per record at the peak (the driver's RSS peaked at
-290 MB for the 100,000 records of benchmarks/dedup.py, 60 MB of it the libraries): so clusters
-are computed where they fit, one machine's memory, about 400,000 records per GB of the driver;
+record: its id, a few numbers, its signature until the LSH step (4 * num_perm bytes) and its
+union-find entry; per candidate pair, about 40 bytes at the LSH step's peak. The driver's RSS
+peaked at 290 MB for the 100,000 records of benchmarks/dedup.py (60 MB of it the libraries); on
+benchmarks/scale.py's 1,000,000, whose reused questions and answers give 17.5 million candidate
+pairs, the run peaked at 5.3 GB. Clusters are computed where they fit, one machine's memory;
 past that, exact groups and connected components would have to be distributed too (not done).
 
 Verification decides on the parts that differ: leading messages equal in both conversations

@@ -8,7 +8,7 @@ tokenizer's chat template (models/base; else GPT-2 with chatml). Sides alternate
 and the best time of each counts, so load from other processes hurts both alike; the script fails
 if the two sides' results differ anywhere.
 
-    python benchmarks/tokenize.py [--n 20000] [--repeat 3]
+    python benchmarks/fast_bpe.py [--n 20000] [--repeat 3]
 """
 
 from __future__ import annotations

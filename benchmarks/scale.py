@@ -270,27 +270,36 @@ def show(res: dict, results: dict) -> None:
           f"{mb:,.0f} MB <= {TARGET_MB:,}: {'met' if mb <= TARGET_MB else 'NOT met'}\n")  # fmt: skip
 
 
-def plot(results: dict, engine: str) -> None:
+def plot(saved: dict) -> None:
+    """Per-stage time and memory against size for the local engine (lines), and the total of every
+    other engine measured (markers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted(results, key=int)
-    xs = [int(s) for s in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    local = saved.get("local", {})
     for ax, key, target, label in ((axes[0], "seconds", TARGET_S, "wall time (s)"),
                                    (axes[1], "peak_mb", TARGET_MB, "peak memory (MB, process-tree PSS)")):  # fmt: skip
-        for stage in (*STAGES, "total"):
-            ys = [row(results[s], stage)[key] for s in sizes]
+        sizes = sorted(local, key=int)
+        xs = [int(s) for s in sizes]
+        for stage in (*STAGES, "total") if sizes else ():
+            ys = [row(local[s], stage)[key] for s in sizes]
             ax.plot(xs, ys, marker="o", lw=2.5 if stage == "total" else 1, label=stage)
-        y0, x_end = results[sizes[0]]["total"][key], max(xs[-1], AT)
-        ax.plot([xs[0], x_end], [y0, y0 * x_end / xs[0]], "k--", lw=1, label="linear growth")
+        if sizes:
+            y0, x_end = local[sizes[0]]["total"][key], max(xs[-1], AT)
+            ax.plot([xs[0], x_end], [y0, y0 * x_end / xs[0]], "k--", lw=1, label="linear growth")
+        for engine, results in saved.items():
+            if engine in ("local", "machine"):
+                continue
+            pts = sorted((int(n), r["total"][key]) for n, r in results.items())
+            ax.plot(*zip(*pts, strict=True), "s", ms=9, mfc="none", mew=2, label=f"total, engine {engine}")
         ax.plot([AT], [target], "rx", ms=12, mew=3, label="1M target")
         ax.set(xscale="log", yscale="log", xlabel="conversations", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"sftpipe data stages vs size (engine {engine}, {os.cpu_count()} cores)")
+    fig.suptitle(f"sftpipe data stages vs size (engine local unless marked, {os.cpu_count()} cores)")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=120)
 
@@ -302,7 +311,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sftpipe-scale"), help="inputs and run copies")
     ap.add_argument("--seed", type=int, default=42, help="seed of the input builder")
     ap.add_argument("--keep", action="store_true", help="keep each run's repo copy under WORKDIR/runs")
+    ap.add_argument("--plot", action="store_true", help="only redraw the plot from benchmarks/scale.json")
     args = ap.parse_args()
+    if args.plot:
+        return plot(loads(RESULTS.read_bytes()))
     if not (SHARED / "corpora").is_dir():
         sys.exit(f"{SHARED / 'corpora'} is absent: this benchmark builds its inputs from the shared corpora")
     args.workdir = args.workdir.resolve()
@@ -317,7 +329,7 @@ def main() -> None:
         saved.setdefault(args.engine, {})[str(n)] = res
         show(res, saved[args.engine])
         write_json(RESULTS, saved)
-        plot(saved[args.engine], args.engine)
+        plot(saved)
     print(f"wrote {RESULTS.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
 
 

@@ -405,7 +405,7 @@ def _meta(item: _Item) -> dict:
     return {**meta, "history_dropped": item.cut} if item.cut else meta
 
 
-def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool) -> dict:
+def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool, fast: bool) -> dict:
     """What identifies the tokenizer in reports: where it was loaded from, its class, vocabulary,
     special tokens, and a digest of its full definition (the same tokenizer anywhere has the same)."""
     blob = tokenizer.backend_tokenizer.to_str().encode()
@@ -417,7 +417,7 @@ def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool) -> dict:
         "bos_prefix": bos_prefix(tokenizer),
         "pad_token": tokenizer.pad_token,
         "pad_token_set": pad_token_set,
-        "encoder": "tiktoken" if FastBPE.of(tokenizer) else "tokenizers",
+        "encoder": "tiktoken" if fast else "tokenizers",
         "digest": hashlib.sha256(blob).hexdigest()[:16],
     }
 
@@ -477,12 +477,14 @@ def _format_part(job: _Job, part: Part) -> list[_Chunk]:
 
 
 def _write(
-    chunks: Iterable[_Chunk], tokenizer, params: FormatParams, out_dir: str | Path, tokenizer_path: str,
+    chunks: Iterable[_Chunk], formatter: Formatter, out_dir: str | Path, tokenizer_path: str,
     pad_token_set: bool, total: int | None = None,
 ) -> tuple[Tally, dict]:  # fmt: skip
     """Write the chunks, in order, to `data.parquet` and `rejected.jsonl` in `out_dir` (atomically);
-    returns the tally and the report's extra fields. Raises SanityError (writing nothing) if a
-    sanity check fails."""
+    returns the tally and the report's extra fields (tokenizer and params from the driver's
+    `formatter`, built like the workers'). Raises SanityError (writing nothing) if a sanity check
+    fails."""
+    params = formatter.params
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         with (
@@ -515,7 +517,7 @@ def _write(
         "max_length": params.max_length,
         "overlong": params.overlong,
         "train_on_prompt": params.train_on_prompt,
-        "tokenizer": tokenizer_info(tokenizer, tokenizer_path, pad_token_set),
+        "tokenizer": tokenizer_info(formatter.tok, tokenizer_path, pad_token_set, formatter.fast is not None),
         "history_dropped_exchanges": stats.history_exchanges,
         **report,
     }
@@ -531,7 +533,7 @@ def format_records(
     pad_token_set = ensure_pad_token(tokenizer)
     job = _Job(tokenizer, params, CHUNK)
     chunks = (job.run(batch) for batch in batched(enumerate(records), CHUNK))
-    return _write(chunks, tokenizer, params, out_dir, tokenizer_path, pad_token_set)
+    return _write(chunks, job.formatter, out_dir, tokenizer_path, pad_token_set)
 
 
 def format_file(
@@ -550,7 +552,8 @@ def format_file(
         raise FormatError(f"{src}: no such file (run the dedup stage first)")
     tokenizer = load_tokenizer(tokenizer_path)
     pad_token_set = ensure_pad_token(tokenizer)
-    Formatter(tokenizer, params)  # a template that cannot work fails here, before any worker starts
+    # a template that cannot work fails here, before any worker starts
+    formatter = Formatter(tokenizer, params)
     parts = split_lines(src, CHUNKS_PER_PART * CHUNK)
     workers = max(1, min(workers, len(parts)))
     # A lone local process lets the tokenizer use every core; several workers get one thread each.
@@ -561,4 +564,4 @@ def format_file(
     )  # fmt: skip
     total = sum(p.n_lines for p in parts)
     chunks = chain.from_iterable(results)
-    return _write(chunks, tokenizer, params, out_dir, str(tokenizer_path), pad_token_set, total)
+    return _write(chunks, formatter, out_dir, str(tokenizer_path), pad_token_set, total)

@@ -47,7 +47,7 @@ from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import NamedTuple
 
@@ -251,14 +251,14 @@ def _spill(tmp: Path, part: int, kind: str) -> Path:
 
 
 class _Tokens:
-    """Records as (role code, tokens as a string) per message, for verification, read from the
+    """Records as verification reads them (`Conv`: role codes and tokens as strings), from the
     scan's files in `tmp` (each part's files opened once)."""
 
     def __init__(self, tmp: str):
         self.tmp = Path(tmp)
         self.parts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def messages(self, part: int, first: int, n: int) -> list[tuple[int, str]]:
+    def conversation(self, part: int, first: int, n: int) -> Conv:
         got = self.parts.get(part)
         if got is None:
             f = _spill(self.tmp, part, "u32")
@@ -270,13 +270,11 @@ class _Tokens:
             moff, roles = (np.load(_spill(self.tmp, part, kind)) for kind in ("moff.npy", "roles.npy"))
             got = self.parts[part] = (tokens, moff, roles)
         tokens, moff, roles = got
-        offs = moff[first : first + n + 1].tolist()
-        text = tokens[offs[0] : offs[-1]].tobytes().decode("utf-32-le")  # one decode per record
-        lo = offs[0]
-        return [
-            (r, text[a - lo : b - lo])
-            for r, a, b in zip(roles[first : first + n].tolist(), offs[:-1], offs[1:], strict=True)
-        ]
+        lo = int(moff[first])
+        starts = tuple((moff[first : first + n + 1] - lo).tolist())
+        joined = tokens[lo : lo + starts[-1]].tobytes().decode("utf-32-le")  # one decode per record
+        texts = tuple(joined[a:b] for a, b in pairwise(starts))
+        return Conv(tuple(roles[first : first + n].tolist()), texts, joined, starts)
 
 
 class _Scan:
@@ -324,7 +322,7 @@ class _Scan:
         self.n_tok = cat("n_tok", np.int64)
 
     def locations(self) -> np.ndarray:
-        """(part, first message, messages) of every record, int32 [n, 3]: what `_Tokens.messages`
+        """(part, first message, messages) of every record, int32 [n, 3]: what `_Tokens.conversation`
         takes. Verification workers get it once and look pairs up in it."""
         return np.stack([self.chunk, self.first, self.n_msgs], axis=1).astype(np.int32)
 
@@ -532,12 +530,12 @@ def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.nd
             out[k] = SKIPPED
             continue
         if a != last:  # pairs come sorted by their first record: read it once
-            last, conv_a = a, Conv.of(tokens.messages(*where_a))
+            last, conv_a = a, tokens.conversation(*where_a)
         conv_b = seen.get(b)
         if conv_b is None:
             if len(seen) >= SEEN_RECORDS:
                 seen.clear()
-            conv_b = seen[b] = Conv.of(tokens.messages(*where_b))
+            conv_b = seen[b] = tokens.conversation(*where_b)
         if verify(conv_a, conv_b, near):
             parent[ra] = rb
             out[k] = SAME
@@ -617,9 +615,10 @@ def _pair_tasks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
 def _check_pairs(
     pairs: np.ndarray, locations: np.ndarray, near: NearParams, tmp: str, engine: Engine, workers: int
 ) -> np.ndarray:
-    """SKIPPED, SAME or DIFFERENT for each candidate pair, as one loop over all of them in order
-    would find; the components of the candidate graph go to the engine's workers, which read the
-    records' tokens from the spill files."""
+    """SKIPPED, SAME or DIFFERENT for each candidate pair: components of the candidate graph (or
+    slices of big ones) go to the engine's workers, which read the records' tokens from the spill
+    files and verify in pair order (see `_verify_in_order`); every pair one loop over all of them
+    would verify gets its verdict, and the caller's replay decides what is skipped."""
     size = max(1, min(PAIRS_PER_TASK, -(-len(pairs) // max(1, workers))))
     tasks = _pair_tasks(pairs, size)
     jobs = [_PairTask(k, pairs[t]) for k, t in enumerate(tasks)]
@@ -645,7 +644,7 @@ def _ray_verify_rows(batch: dict, near: NearParams, tmp: str, locations: np.ndar
 
 
 def _ray_verify(jobs: list[_PairTask], near: NearParams, tmp: str, locations: np.ndarray, workers: int):
-    """Verification tasks as Ray tasks, a row each (so a component is never cut); results in order."""
+    """Verification tasks as Ray tasks, a row each (so a task is never cut); results in order."""
     if not jobs:
         return
     import ray

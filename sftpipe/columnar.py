@@ -89,18 +89,21 @@ def write_many(
     pf = pq.ParquetFile(src)
     schema = pf.schema_arrow.remove_metadata()
     row_bytes, budget = max(1.0, _row_bytes(pf)), BUCKET_BYTES
-    plans = []
-    for dest, (rows, extra) in outputs.items():
-        rows, extra = np.asarray(rows, dtype=np.int64), extra or {}
-        per_bucket = max(1, int(BUCKET_BYTES / row_bytes) // ROW_GROUP) * ROW_GROUP
-        in_memory = len(rows) * row_bytes <= budget
-        if in_memory:
-            budget -= len(rows) * row_bytes
-            per_bucket = max(per_bucket, len(rows))
-        plans.append(_Plan(Path(dest), rows, extra, per_bucket, in_memory))
-    with tempfile.TemporaryDirectory(prefix=".rows-", dir=Path(plans[0].dest).parent) as tmp:
-        _bucket(pf, plans, Path(tmp), desc)
-        for k, plan in enumerate(plans):
+    first = Path(next(iter(outputs)))
+    with tempfile.TemporaryDirectory(prefix=".rows-", dir=first.parent) as tmp:
+        plans = []
+        for k, (dest, (rows, extra)) in enumerate(outputs.items()):
+            rows = np.asarray(rows, dtype=np.int64)
+            per_bucket = max(1, int(BUCKET_BYTES / row_bytes) // ROW_GROUP) * ROW_GROUP
+            in_memory = len(rows) * row_bytes <= budget
+            if in_memory:
+                budget -= len(rows) * row_bytes
+                per_bucket = max(per_bucket, len(rows))
+            plans.append(
+                _Plan(Path(dest), rows, extra or {}, per_bucket, None if in_memory else Path(tmp) / str(k))
+            )
+        _bucket(pf, plans, desc)
+        for plan in plans:
             out_schema = schema
             for name, values in plan.extra.items():
                 out_schema = out_schema.append(pa.field(name, values.type))
@@ -108,7 +111,7 @@ def write_many(
                 if not len(plan.rows):
                     writer.write_table(out_schema.empty_table())
                 for b in range(-(-len(plan.rows) // plan.per_bucket)):
-                    table = plan.load(Path(tmp), k, b)
+                    table = plan.load(b)
                     table = table.take(pc.sort_indices(table["__pos"])).drop_columns(["__pos"])
                     for name, values in plan.extra.items():
                         table = table.append_column(name, values.slice(b * plan.per_bucket, table.num_rows))
@@ -116,22 +119,20 @@ def write_many(
 
 
 class _Plan:
-    """One output of `write_many`: its rows, and where the rows of each of its buckets wait."""
+    """One output of `write_many`: its rows, and where the rows of each of its buckets wait: in
+    memory, or (with a `spill` path prefix) in Arrow IPC files."""
 
-    def __init__(self, dest: Path, rows: np.ndarray, extra: dict, per_bucket: int, in_memory: bool):
-        self.dest, self.rows, self.extra, self.per_bucket, self.in_memory = (
-            dest,
-            rows,
-            extra,
-            per_bucket,
-            in_memory,
-        )
+    def __init__(self, dest: Path, rows: np.ndarray, extra: dict, per_bucket: int, spill: Path | None):
+        self.dest, self.rows, self.extra, self.per_bucket, self.spill = dest, rows, extra, per_bucket, spill
         self.by_row = np.argsort(rows, kind="stable")  # output positions in input-row order
         self.sorted_rows = rows[self.by_row]
         self.held: dict[int, list[pa.RecordBatch]] = {}
         self.sinks: dict[int, pa.ipc.RecordBatchFileWriter] = {}
 
-    def add(self, batch: pa.RecordBatch, offset: int, tmp: Path, k: int) -> None:
+    def _file(self, b: int) -> str:
+        return f"{self.spill}-{b}.arrow"
+
+    def add(self, batch: pa.RecordBatch, offset: int) -> None:
         lo, hi = np.searchsorted(self.sorted_rows, [offset, offset + batch.num_rows])
         if hi == lo:
             return
@@ -139,29 +140,29 @@ class _Plan:
         taken = batch.take(pa.array(self.sorted_rows[lo:hi] - offset)).append_column("__pos", pa.array(pos))
         bucket = pos // self.per_bucket
         for b in np.unique(bucket).tolist():
-            if self.in_memory:
+            if self.spill is None:
                 self.held.setdefault(b, []).append(taken)
                 continue
             if b not in self.sinks:
                 options = pa.ipc.IpcWriteOptions(compression="lz4")
-                self.sinks[b] = pa.ipc.new_file(tmp / f"{k}-{b}.arrow", taken.schema, options=options)
+                self.sinks[b] = pa.ipc.new_file(self._file(b), taken.schema, options=options)
             self.sinks[b].write_batch(taken.filter(pa.array(bucket == b)))
 
-    def load(self, tmp: Path, k: int, b: int) -> pa.Table:
-        if self.in_memory:
+    def load(self, b: int) -> pa.Table:
+        if self.spill is None:
             return pa.Table.from_batches(self.held.pop(b))
-        with pa.OSFile(str(tmp / f"{k}-{b}.arrow")) as f:
+        with pa.OSFile(self._file(b)) as f:
             return pa.ipc.open_file(f).read_all()
 
 
-def _bucket(pf: pq.ParquetFile, plans: list[_Plan], tmp: Path, desc: str) -> None:
+def _bucket(pf: pq.ParquetFile, plans: list[_Plan], desc: str) -> None:
     """One pass over the input sending each wanted row of every output, with its output position
-    `__pos`, to the bucket of that position (in memory, or an Arrow IPC file in `tmp`)."""
+    `__pos`, to the bucket of that position."""
     offset = 0
     progress = tqdm(total=pf.metadata.num_rows, desc=desc, unit=" row", disable=None)
     for batch in _batches(pf):
-        for k, plan in enumerate(plans):
-            plan.add(batch, offset, tmp, k)
+        for plan in plans:
+            plan.add(batch, offset)
         offset += batch.num_rows
         progress.update(batch.num_rows)
     progress.close()

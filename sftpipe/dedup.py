@@ -67,10 +67,12 @@ from sftpipe.minhash import (
     bucket_pairs,
     candidate_pairs,
     codepoints,
+    pair_codes,
     sequence_keys,
     shingles,
     signatures,
     tokenize,
+    unique_pairs,
 )
 
 LINES_PER_PART = 2048  # input lines per scan task (outputs never depend on it, nor on the workers)
@@ -683,7 +685,7 @@ def _shard_pairs(group: dict, max_bucket: int, n: int) -> dict:
     new = np.ones(len(row), dtype=bool)
     new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
     pairs = bucket_pairs(row, new, max_bucket)
-    return {"code": pairs[:, 0] * n + pairs[:, 1]}
+    return {"code": pair_codes(pairs, n)}
 
 
 def _ray_candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int, workers: int) -> np.ndarray:
@@ -716,9 +718,7 @@ def _ray_candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int, workers:
     ds = ds.groupby("shard", num_partitions=max(1, workers)).map_groups(
         _shard_pairs, fn_kwargs={"max_bucket": max_bucket, "n": n}, batch_format="numpy"
     )
-    codes = [b["code"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
-    codes = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *codes]))
-    return np.stack([codes // n, codes % n], axis=1)
+    return unique_pairs([b["code"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")], n)
 
 
 def dedup(

@@ -157,7 +157,7 @@ def candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int) -> np.ndarray
     only with the next `max_bucket - 1` rows, so a huge family of look-alikes cannot go quadratic.
     """
     n = len(sigs)
-    found = []  # each pair as one int64 code, a * n + b: a quarter of the memory of pairs + copies
+    found = []
     for band in range(bands):
         key = band_key(sigs, band, bands)
         order = np.argsort(key, kind="stable")
@@ -166,17 +166,29 @@ def candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int) -> np.ndarray
         new[1:] = k[1:] != k[:-1]
         pairs = bucket_pairs(order, new, max_bucket)
         if len(pairs):
-            found.append(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+            found.append(pair_codes(pairs, n))
         del pairs
-    if not found:
+    return unique_pairs(found, n)
+
+
+def pair_codes(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Each pair (a, b) of rows < n as one int64 code, a * n + b: a quarter of the memory that
+    pairs and their copies take on the way to `unique_pairs`."""
+    return pairs[:, 0].astype(np.int64) * n + pairs[:, 1]
+
+
+def unique_pairs(codes: list[np.ndarray], n: int) -> np.ndarray:
+    """The pairs (int64 [k, 2], sorted, unique) of chunks of `pair_codes`; empties `codes`, so each
+    chunk is freed once it is copied into the one array sorted in place."""
+    if not codes:
         return np.zeros((0, 2), dtype=np.int64)
-    codes = np.concatenate(found)
-    del found
-    codes.sort()  # in place; then keep the first of each run of equal codes
-    keep = np.ones(len(codes), dtype=bool)
-    keep[1:] = codes[1:] != codes[:-1]
-    codes = codes[keep]
-    return np.stack([codes // n, codes % n], axis=1)
+    flat = np.concatenate(codes)
+    codes.clear()
+    flat.sort()
+    keep = np.ones(len(flat), dtype=bool)
+    keep[1:] = flat[1:] != flat[:-1]
+    flat = flat[keep]
+    return np.stack([flat // n, flat % n], axis=1)
 
 
 def band_key(sigs: np.ndarray, band: int, bands: int) -> np.ndarray:

@@ -11,19 +11,21 @@ Two streaming passes over the input, so no record is held as a Python object bey
    node shares, like the input;
 2. decide on those arrays: contaminated records out; exact groups; LSH candidate pairs among
    exact-group representatives (on `engine: ray`, Ray Data groups the (band, bucket key, record)
-   rows by shards of buckets: the same pairs); pairs whose lengths differ by more than verify's
-   edit budget rejected unread; each other pair verified on its tokens (by connected components
-   of the candidate graph on the workers, when there are several; a component bigger than a task
-   is cut into slices, each verified in order with its own union-find, so a worker may verify a
-   pair the whole loop would skip); the verdicts replayed in pair order through a union-find of
-   clusters, which decides what is skipped; optional semantic clusters;
+   rows by shards of buckets: the same pairs); pairs that verify would reject, as their lengths
+   or their token counts by bucket prove, rejected unread (`_few_shared`: most hard negatives,
+   like one answer under two questions); each other pair verified on its tokens (by connected
+   components of the candidate graph on the workers, when there are several; a component bigger
+   than a task is cut into slices, each verified in order with its own union-find, so a worker
+   may verify a pair the whole loop would skip); the verdicts replayed in pair order through a
+   union-find of clusters, which decides what is skipped (`_replay`); optional semantic clusters;
    one survivor per cluster, the best by `priority` (listed sources first, in order; the rest by
    name), then quality score, then id;
 3. write: stream the input again, writing survivors (with `meta.cluster`) and rejected records.
 
 Outputs do not depend on the engine, the workers or the part size. What stays on the driver, per
-record: its id, a few numbers, its signature until the LSH step (4 * num_perm bytes) and its
-union-find entry; per candidate pair, about 40 bytes at the LSH step's peak. The driver's RSS
+record: its id, a few numbers, its signature until the LSH step (4 * num_perm bytes), its token
+counts by bucket until the bounds (2 * BAG_BUCKETS bytes) and its union-find entry; per candidate
+pair, about 40 bytes at the LSH step's peak. The driver's RSS
 peaked at 290 MB for the 100,000 records of benchmarks/dedup.py (60 MB of it the libraries); on
 benchmarks/scale.py's 1,000,000, whose reused questions and answers give 17.5 million candidate
 pairs, the run peaked at 5.3 GB. Clusters are computed where they fit, one machine's memory;
@@ -82,6 +84,7 @@ PAIRS_PER_TASK = 4096  # candidate pairs per verification task (bigger component
 LSH_SHARDS = 64  # at least this many groups of LSH buckets on Ray, each paired in one call
 LSH_ROWS_PER_BLOCK = 16384  # signatures per Ray block
 MAX_LISTED = 20  # members shown per cluster in dedup_clusters.jsonl
+BAG_BUCKETS = 128  # token-count buckets per record for the bounds that reject pairs unread
 
 
 class NearParams(Section):
@@ -194,6 +197,7 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
         grams, goff = shingles(tok, coff, params.near.ngram)
         out["sigs"] = signatures(grams, goff, params.near.num_perm, ctx["seed"])
         cp = codepoints(tok)
+        out["bags"], out["n_qtok"] = _bags(cp, moff, roles, msg_start)
     index: EvalIndex | None = ctx["index"]
     if index:
         mask, count = index.match(tok, moff)  # per message: an eval text sits inside one turn
@@ -202,6 +206,21 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
         np.bitwise_or.at(out["cmask"], rec_of, mask)
         out["ccount"] = np.bincount(rec_of, weights=count, minlength=len(recs)).astype(np.int64)
     return out, cp, moff, roles
+
+
+def _bags(cp: np.ndarray, moff: np.ndarray, roles: np.ndarray, msg_start: np.ndarray):
+    """Per record, its tokens counted by bucket (code point mod BAG_BUCKETS): [n, 2, BAG_BUCKETS]
+    uint8 over all its tokens, then over its questions' (every turn but the assistant's); counts
+    past 254 are 255. And each record's number of question tokens. See `_few_shared`."""
+    n = len(msg_start) - 1
+    per_msg = np.diff(moff)
+    question = np.repeat(roles != _ROLE["assistant"], per_msg)
+    record = np.repeat(np.repeat(np.arange(n), np.diff(msg_start)), per_msg)
+    bucket = (cp % BAG_BUCKETS).astype(np.int64)
+    whole = np.bincount(record * BAG_BUCKETS + bucket, minlength=n * BAG_BUCKETS)
+    asked = np.bincount((record * BAG_BUCKETS + bucket)[question], minlength=n * BAG_BUCKETS)
+    bags = np.stack([whole, asked], axis=0).reshape(2, n, BAG_BUCKETS).transpose(1, 0, 2)
+    return np.minimum(bags, 255).astype(np.uint8), np.bincount(record[question], minlength=n)
 
 
 def _by_size(lines: list[bytes], size: int):
@@ -322,6 +341,8 @@ class _Scan:
         self.first = cat("first", np.int64)
         self.n_msgs = cat("n_msgs", np.int64)
         self.n_tok = cat("n_tok", np.int64)
+        self.n_qtok = cat("n_qtok", np.int64)
+        self.bags = np.concatenate(got["bags"]) if got["bags"] else None
 
     def locations(self) -> np.ndarray:
         """(part, first message, messages) of every record, int32 [n, 3]: what `_Tokens.conversation`
@@ -475,34 +496,105 @@ def _exact_and_near(
     del la, lb
     status = np.full(len(pairs), UNEQUAL, dtype=np.int8)
     close = np.flatnonzero(~unequal)
+    few = _few_shared(pairs[close], scan.bags, scan.n_tok, scan.n_qtok, near)
+    status[close[few]] = FEW_SHARED
+    close = close[~few]
+    scan.bags = None
     status[close] = _check_pairs(pairs[close], scan.locations(), near, str(scan.tmp), engine, workers)
-    # replayed in pair order through the clusters: a pair already joined is skipped (a worker that
-    # saw only a slice of its component may have verified it anyway); any other has its verdict
-    verified = rejected = skipped = by_length = 0
-    for (a, b), got in _rows(pairs, status):
-        if uf.find(a) == uf.find(b):
-            skipped += 1
-        elif got == SKIPPED:
-            raise RuntimeError(f"dedup: verification of ({ids[a]}, {ids[b]}) went astray (a bug)")
-        elif got == SAME:
-            uf.union(a, b)
-            verified += 1
-        else:
-            rejected += 1
-            by_length += got == UNEQUAL
+    joined = _replay(uf, pairs, status)
+    astray = np.flatnonzero(~joined & (status == SKIPPED))
+    if len(astray):
+        a, b = pairs[astray[0]].tolist()
+        raise RuntimeError(f"dedup: verification of ({ids[a]}, {ids[b]}) went astray (a bug)")
+    skipped = int(joined.sum())
+    verified = int(np.count_nonzero(~joined & (status == SAME)))
+    by_length = int(np.count_nonzero(~joined & (status == UNEQUAL)))
+    by_counts = int(np.count_nonzero(~joined & (status == FEW_SHARED)))
+    rejected = len(pairs) - skipped - verified
     stats["near"] = {
         "candidate_pairs": len(pairs),
         "verified": verified,
         "rejected_by_verification": rejected,
         "rejected_by_length": by_length,
+        "rejected_by_token_counts": by_counts,
         "skipped_already_clustered": skipped,
     }
     return uf, exact_root, stats
 
 
+def _few_shared(
+    pairs: np.ndarray, bags: np.ndarray, n_tok: np.ndarray, n_qtok: np.ndarray, near: NearParams
+) -> np.ndarray:
+    """Which pairs verify would reject, proven from their token counts alone (`_bags`).
+
+    Tokens two sequences have in common, as multisets, are at least their longest common
+    subsequence (LCS), and tokens counted by bucket at least those: so the bucket counts bound
+    the LCS from above. Verify needs (1) an Indel distance, la + lb - 2 LCS, of at most its budget
+    (over the whole conversations: setting an equal head aside only adds to it) and (2) questions
+    related, which either way means an LCS of at least part_threshold times the shorter (an equal
+    head only helps the whole's share). A bucket full (255) in both records counts as unknown."""
+    out = np.zeros(len(pairs), dtype=bool)
+    step = 1 << 16
+    for lo in range(0, len(pairs), step):
+        a, b = pairs[lo : lo + step, 0], pairs[lo : lo + step, 1]
+        shared = np.minimum(bags[a], bags[b])  # [k, 2 (whole, questions), BAG_BUCKETS]
+        known = ~(shared == 255).any(axis=2)
+        most = shared.sum(axis=2, dtype=np.int64)  # at least the LCS of the whole, of the questions
+        la, lb = n_tok[a], n_tok[b]
+        budget = ((1 - near.threshold) * (la + lb)).astype(np.int64)  # as verify computes it
+        distant = la + lb - 2 * most[:, 0] > budget
+        # the margin covers rapidfuzz's float arithmetic at the threshold itself
+        unrelated = most[:, 1] < near.part_threshold * np.minimum(n_qtok[a], n_qtok[b]) - 1e-6
+        out[lo : lo + step] = (known[:, 0] & distant) | (known[:, 1] & unrelated)
+    return out
+
+
+def _replay(uf: _UnionFind, pairs: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Replay the verdicts in pair order through the clusters, as one loop over all pairs would:
+    a pair whose records are already joined by earlier pairs is skipped, a SAME one joins them.
+    Applies the joins to `uf`; returns which pairs were skipped (already joined).
+
+    Only SAME pairs can join, so only they are looped over (a few percent of the pairs). Each join
+    is also linked, with its pair number, into a forest joined by size (at most log2(n) deep, no
+    path compression): a link sits at a root when made, so link numbers rise towards the roots,
+    and a record's cluster before pair k is found by climbing only the links made before k. All
+    the other pairs climb at once, in numpy."""
+    n = len(uf.rank)
+    up, size = list(range(n)), [1] * n
+    when = np.full(n, len(pairs), dtype=np.int64)  # the pair that linked each record up (none: never)
+    joined = np.zeros(len(pairs), dtype=bool)
+
+    def root(x: int) -> int:
+        while up[x] != x:
+            x = up[x]
+        return x
+
+    same = np.flatnonzero(status == SAME)
+    for k, (a, b) in zip(same.tolist(), pairs[same].tolist(), strict=True):
+        ra, rb = root(a), root(b)
+        if ra == rb:
+            joined[k] = True
+            continue
+        uf.union(a, b)
+        if size[ra] < size[rb]:
+            ra, rb = rb, ra
+        up[rb], when[rb] = ra, k
+        size[ra] += size[rb]
+    up_arr = np.array(up, dtype=np.int64)
+    rest = np.flatnonzero(status != SAME)
+    ends = [pairs[rest, 0], pairs[rest, 1]]
+    for cur in ends:  # each record's cluster just before its pair: climb the links made before it
+        going = np.arange(len(rest))
+        while len(going := going[when[cur[going]] < rest[going]]):
+            cur[going] = up_arr[cur[going]]
+    joined[rest] = ends[0] == ends[1]
+    return joined
+
+
 # ---------------------------------------------------------------- pass 2 on workers
 
-SKIPPED, SAME, DIFFERENT, UNEQUAL = 0, 1, 2, 3  # what became of a candidate pair (UNEQUAL: lengths)
+# what became of a candidate pair: UNEQUAL and FEW_SHARED were rejected unread (`_few_shared`)
+SKIPPED, SAME, DIFFERENT, UNEQUAL, FEW_SHARED = 0, 1, 2, 3, 4
 
 
 def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.ndarray) -> np.ndarray:

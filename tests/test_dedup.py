@@ -409,6 +409,30 @@ def test_sliced_components_verify_as_one_sequential_loop(tmp_path, monkeypatch):
     assert near["candidate_pairs"] > 6 and near["skipped_already_clustered"] > 0 and near["verified"] > 0
 
 
+def test_replay_equals_one_loop_over_all_pairs():
+    """The replay loops over SAME verdicts only and climbs for the rest in numpy: on random
+    candidate graphs it must skip, join and leave roots exactly as one union-find loop does."""
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        n = int(rng.integers(2, 60))
+        pairs = np.sort(rng.integers(0, n, size=(int(rng.integers(1, 300)), 2)), axis=1)
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        status = rng.choice(
+            [dedup_mod.SAME, dedup_mod.DIFFERENT, dedup_mod.UNEQUAL], len(pairs), p=[0.2, 0.6, 0.2]
+        )
+        rank = rng.permutation(n)
+        loop, fast = dedup_mod._UnionFind(rank), dedup_mod._UnionFind(rank)
+        expected = []
+        for (a, b), got in zip(pairs.tolist(), status.tolist(), strict=True):
+            expected.append(loop.find(a) == loop.find(b))
+            if not expected[-1] and got == dedup_mod.SAME:
+                loop.union(a, b)
+        joined = dedup_mod._replay(fast, pairs, status)
+        assert joined.tolist() == expected, trial
+        assert [fast.find(i) for i in range(n)] == [loop.find(i) for i in range(n)], trial
+    assert any(expected) and not all(expected)
+
+
 def test_sharded_lsh_of_engine_ray_finds_the_same_pairs():
     """engine ray's LSH (a row per record and band, grouped by shards of buckets, in any order)
     pairs exactly as candidate_pairs does, big buckets cut the same way."""
@@ -492,6 +516,90 @@ def real_corpus(corpora, tmp_path) -> tuple[list[dict], list[dict], list[dict]]:
 
 def eval_sets(corpora) -> dict[str, str]:
     return {"gsm8k": str(corpora / "gsm8k_test.jsonl"), "mt_bench": str(corpora / "mt_bench_questions.jsonl")}
+
+
+def scanned(records: list[dict]):
+    """The scan's arrays for `records`, and each as the `Conv` verification reads."""
+    lines = [json.dumps(r).encode() for r in records]
+    out, cp, moff, roles = dedup_mod._scan({"params": DedupParams(), "seed": 42, "index": None}, lines)
+    text = cp.astype("<u4").tobytes().decode("utf-32-le")
+    convs = []
+    for first, n in zip(out["first"].tolist(), out["n_msgs"].tolist(), strict=True):
+        convs.append(dedup_mod.Conv.of(
+            [(int(roles[m]), text[moff[m] : moff[m + 1]]) for m in range(first, first + n)]
+        ))  # fmt: skip
+    return out, convs
+
+
+def bounds_hold(records: list[dict], pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Verify's verdicts and the token-count bounds' rejections of `pairs`; fails if the bounds
+    reject a pair verify accepts."""
+    out, convs = scanned(records)
+    near = DedupParams().near
+    same = np.array([dedup_mod.verify(convs[a], convs[b], near) for a, b in pairs.tolist()])
+    few = dedup_mod._few_shared(pairs, out["bags"], out["n_tok"], out["n_qtok"], near)
+    wrong = np.flatnonzero(few & same)
+    assert not len(wrong), [
+        (records[a]["messages"], records[b]["messages"]) for a, b in pairs[wrong[:2]].tolist()
+    ]
+    return same, few
+
+
+def test_token_count_bounds_never_reject_a_duplicate_and_see_past_full_buckets():
+    word = "again " * 600  # 600 of one token: its bucket is full (255) in both records
+    answer = "paris is the capital and largest city of france, on the seine, with two million people"
+    records = [
+        rec("a/1", word + "how are you", "fine thanks"),
+        rec("a/2", word + "how are you doing", "fine thanks"),
+        rec("a/3", "a question about the weather in spring", "fine thanks"),
+        rec("a/4", "what is the capital of france", answer),
+        rec("a/5", "tell me a joke about cats", answer),
+    ]
+    pairs = np.array([[0, 1], [0, 2], [3, 4]])
+    same, few = bounds_hold(records, pairs)
+    assert same.tolist() == [True, False, False]
+    # (0, 1) is a duplicate though its clipped counts alone would bound it out; (0, 2) shares
+    # too few tokens; (3, 4) is close as a whole (one answer), but its questions share too few
+    assert few.tolist() == [False, True, True]
+
+
+def test_token_count_bounds_on_real_hard_negatives(corpora, tmp_path):
+    """Real Alpaca records, with the hard negatives the scale benchmark builds (one record's
+    question with another's answer), edited copies and cut answers: every pair of a family and
+    random pairs. No duplicate is rejected by the bounds, and most non-duplicates are."""
+    records, planted, originals = real_corpus(corpora, tmp_path)
+    alpaca = [r for r in records if r["source"] == "alpaca"][:600]
+    rng = np.random.default_rng(3)
+    family = []
+    for k in range(0, 600, 3):
+        a, b = alpaca[k]["messages"], alpaca[k + 1]["messages"]
+        words = a[-1]["content"].split()
+        family += [
+            rec(f"f/{k}/q", a[0]["content"], b[-1]["content"]),  # another's answer
+            rec(f"f/{k}/a", b[0]["content"], a[-1]["content"]),  # another's question
+            rec(f"f/{k}/c", a[0]["content"], " ".join(words[: max(1, len(words) * 3 // 4)])),  # cut
+            rec(
+                f"f/{k}/e",
+                a[0]["content"],
+                " ".join(w.upper() if i % 9 == 0 else w for i, w in enumerate(words)),
+            ),
+        ]
+    base = [
+        rec(f"b/{k}", r["messages"][0]["content"], r["messages"][-1]["content"]) for k, r in enumerate(alpaca)
+    ]
+    every = base + family
+    pairs = [(k, 600 + 4 * (k // 3) + j) for k in range(0, 600, 3) for j in range(4)]
+    pairs += [
+        (600 + i, 600 + j)
+        for f in range(200)
+        for i in range(4 * f, 4 * f + 4)
+        for j in range(i + 1, 4 * f + 4)
+    ]
+    pairs += rng.integers(0, len(every), size=(2000, 2)).tolist()
+    pairs = np.array([(a, b) for a, b in pairs if a != b])
+    same, few = bounds_hold(every, pairs)
+    assert same.sum() > 200  # the edited and cut copies
+    assert few.sum() > 0.8 * (~same).sum()
 
 
 def test_real_corpora_planted_copies_and_gsm8k_leak(tmp_path, corpora):

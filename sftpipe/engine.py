@@ -101,18 +101,23 @@ def _run_local(fn: Callable, part: Part):
     return fn(_STATE["state"], part)
 
 
+def _no_state() -> None:
+    return None
+
+
 def ordered_map(
     fn: Callable[[Any, Part], Any],
     parts: list[Part],
     *,
-    setup: Callable[..., Any] = lambda: None,
+    setup: Callable[..., Any] = _no_state,
     setup_args: tuple = (),
     engine: Engine = "local",
     workers: int = 1,
 ) -> Iterator[Any]:
     """`fn(state, part)` for every part, yielded in part order; `state = setup(*setup_args)` is
     built once per worker (compiled patterns, a tokenizer). At most a few parts per worker are in
-    flight, so memory stays flat however large the input."""
+    flight, so memory stays flat however large the input. `fn`, `setup` and `setup_args` travel
+    to the workers pickled: module-level functions and plain data."""
     if engine == "ray":
         yield from _ray_map(fn, parts, setup, setup_args, workers)
     elif workers <= 1 or len(parts) <= 1:
@@ -120,8 +125,11 @@ def ordered_map(
         for part in parts:
             yield fn(state, part)
     else:
-        # fork: workers inherit the imported modules; the state is built after the fork
-        ctx = multiprocessing.get_context("fork")
+        # forkserver, not fork: this process may run threads (rensa's and the tokenizers' pools,
+        # Arrow's) that a fork would copy stopped, and a worker waiting on them hangs; the server
+        # process preloads the module of `fn`, so workers start without importing it again
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["sftpipe.engine", fn.__module__])
         pool = ctx.Pool(min(workers, len(parts)), initializer=_init_local, initargs=(setup, setup_args))
         try:
             pending: deque = deque()

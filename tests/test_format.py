@@ -323,16 +323,21 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, gpt2_dir, monkeypatch):
 
 
 def test_sanity_failure_in_a_worker_writes_nothing(tmp_path, gpt2_dir, monkeypatch):
-    def untrained(tok, rendered, train_on_prompt=False, fast=None):
-        encs = tok.backend_tokenizer.encode_batch([r.text for r in rendered], add_special_tokens=False)
-        return [Encoded(e.ids, []) for e in encs]
-
-    monkeypatch.setattr(fmt, "encode", untrained)  # forked workers inherit it
-    monkeypatch.setattr(fmt, "CHUNK", 2)
+    """A tokenizer that lowercases (a lossy normalizer) decodes to other text than it was given:
+    the workers' decode checks catch it, and the stage writes nothing."""
+    lossy = tmp_path / "lossy"
+    lossy.mkdir()
+    definition = json.loads((gpt2_dir / "tokenizer.json").read_text())
+    definition["normalizer"] = {"type": "Lowercase"}
+    (lossy / "tokenizer.json").write_text(json.dumps(definition))
+    config = json.loads((gpt2_dir / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # GPT2Tokenizer would drop the normalizer
+    (lossy / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(fmt, "CHUNK", 2)  # the driver sends it to the workers: several parts
     src = tmp_path / "in.jsonl"
     write_jsonl(src, [rec(str(i), [u("Q"), a("A")]) for i in range(5)])
-    with pytest.raises(SanityError, match=r"nothing_trained.*'nothing_trained': 't/0'"):
-        format_file(src, gpt2_dir, FormatParams(template="chat"), tmp_path / "out", workers=2)
+    with pytest.raises(SanityError, match=r"decode_mismatch.*'decode_mismatch': 't/0'"):
+        format_file(src, lossy, FormatParams(template="chat"), tmp_path / "out", workers=2)
     assert not (tmp_path / "out").exists()
 
 

@@ -28,7 +28,7 @@ counts by bucket until the bounds (2 * BAG_BUCKETS bytes) and its union-find ent
 pair, about 40 bytes at the LSH step's peak. The driver's RSS
 peaked at 290 MB for the 100,000 records of benchmarks/dedup.py (60 MB of it the libraries); on
 benchmarks/scale.py's 1,000,000, whose reused questions and answers give 17.5 million candidate
-pairs, the run peaked at 5.3 GB. Clusters are computed where they fit, one machine's memory;
+pairs, the stage (driver and workers) peaked at 3.3 GB PSS. Clusters are computed where they fit, one machine's memory;
 past that, exact groups and connected components would have to be distributed too (not done).
 
 Verification decides on the parts that differ: leading messages equal in both conversations

@@ -12,7 +12,7 @@ Two streaming passes over the input, so no record is held as a Python object bey
 2. decide on those arrays: contaminated records out; exact groups; LSH candidate pairs among
    exact-group representatives (on `engine: ray`, Ray Data groups the (band, bucket key, record)
    rows by shards of buckets: the same pairs); pairs that verify would reject, as their lengths
-   or their token counts by bucket prove, rejected unread (`_few_shared`: most hard negatives,
+   or their token counts by bucket prove, rejected unread (`_rejected_unread`: most hard negatives,
    like one answer under two questions); each other pair verified on its tokens (by connected
    components of the candidate graph on the workers, when there are several; a component bigger
    than a task is cut into slices, each verified in order with its own union-find, so a worker
@@ -211,14 +211,14 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
 def _bags(cp: np.ndarray, moff: np.ndarray, roles: np.ndarray, msg_start: np.ndarray):
     """Per record, its tokens counted by bucket (code point mod BAG_BUCKETS): [n, 2, BAG_BUCKETS]
     uint8 over all its tokens, then over its questions' (every turn but the assistant's); counts
-    past 254 are 255. And each record's number of question tokens. See `_few_shared`."""
+    past 254 are 255. And each record's number of question tokens. See `_rejected_unread`."""
     n = len(msg_start) - 1
     per_msg = np.diff(moff)
     question = np.repeat(roles != _ROLE["assistant"], per_msg)
     record = np.repeat(np.repeat(np.arange(n), np.diff(msg_start)), per_msg)
-    bucket = (cp % BAG_BUCKETS).astype(np.int64)
-    whole = np.bincount(record * BAG_BUCKETS + bucket, minlength=n * BAG_BUCKETS)
-    asked = np.bincount((record * BAG_BUCKETS + bucket)[question], minlength=n * BAG_BUCKETS)
+    cell = record * BAG_BUCKETS + (cp % BAG_BUCKETS).astype(np.int64)
+    whole = np.bincount(cell, minlength=n * BAG_BUCKETS)
+    asked = np.bincount(cell[question], minlength=n * BAG_BUCKETS)
     bags = np.stack([whole, asked], axis=0).reshape(2, n, BAG_BUCKETS).transpose(1, 0, 2)
     return np.minimum(bags, 255).astype(np.uint8), np.bincount(record[question], minlength=n)
 
@@ -489,17 +489,9 @@ def _exact_and_near(
         found = candidate_pairs(scan.sigs[reps], near.bands, near.max_bucket)
     pairs = reps[found]
     scan.sigs = None
-    # Indel distance is at least the difference in length: pairs too unequal in tokens cannot pass
-    # verify's first test, so they are rejected here, as verify would, without reading their tokens
-    la, lb = scan.n_tok[pairs[:, 0]], scan.n_tok[pairs[:, 1]]
-    unequal = np.abs(la - lb) > ((1 - near.threshold) * (la + lb)).astype(np.int64)
-    del la, lb
-    status = np.full(len(pairs), UNEQUAL, dtype=np.int8)
-    close = np.flatnonzero(~unequal)
-    few = _few_shared(pairs[close], scan.bags, scan.n_tok, scan.n_qtok, near)
-    status[close[few]] = FEW_SHARED
-    close = close[~few]
+    status = _rejected_unread(pairs, scan.bags, scan.n_tok, scan.n_qtok, near)
     scan.bags = None
+    close = np.flatnonzero(status == TO_VERIFY)
     status[close] = _check_pairs(pairs[close], scan.locations(), near, str(scan.tmp), engine, workers)
     joined = _replay(uf, pairs, status)
     astray = np.flatnonzero(~joined & (status == SKIPPED))
@@ -522,18 +514,19 @@ def _exact_and_near(
     return uf, exact_root, stats
 
 
-def _few_shared(
+def _rejected_unread(
     pairs: np.ndarray, bags: np.ndarray, n_tok: np.ndarray, n_qtok: np.ndarray, near: NearParams
 ) -> np.ndarray:
-    """Which pairs verify would reject, proven from their token counts alone (`_bags`).
+    """UNEQUAL or FEW_SHARED for each pair verify would reject, as its lengths or its token counts
+    (`_bags`) prove without reading its tokens; TO_VERIFY for the others.
 
-    Tokens two sequences have in common, as multisets, are at least their longest common
-    subsequence (LCS), and tokens counted by bucket at least those: so the bucket counts bound
-    the LCS from above. Verify needs (1) an Indel distance, la + lb - 2 LCS, of at most its budget
+    Indel distance is at least the difference in length (UNEQUAL). Tokens two sequences have in
+    common, as multisets, are at least their longest common subsequence (LCS), and tokens counted
+    by bucket at least those: so the bucket counts bound the LCS from above. Verify needs (1) an Indel distance, la + lb - 2 LCS, of at most its budget
     (over the whole conversations: setting an equal head aside only adds to it) and (2) questions
     related, which either way means an LCS of at least part_threshold times the shorter (an equal
     head only helps the whole's share). A bucket full (255) in both records counts as unknown."""
-    out = np.zeros(len(pairs), dtype=bool)
+    out = np.empty(len(pairs), dtype=np.int8)
     step = 1 << 16
     for lo in range(0, len(pairs), step):
         a, b = pairs[lo : lo + step, 0], pairs[lo : lo + step, 1]
@@ -545,7 +538,10 @@ def _few_shared(
         distant = la + lb - 2 * most[:, 0] > budget
         # the margin covers rapidfuzz's float arithmetic at the threshold itself
         unrelated = most[:, 1] < near.part_threshold * np.minimum(n_qtok[a], n_qtok[b]) - 1e-6
-        out[lo : lo + step] = (known[:, 0] & distant) | (known[:, 1] & unrelated)
+        few = (known[:, 0] & distant) | (known[:, 1] & unrelated)
+        out[lo : lo + step] = np.where(
+            np.abs(la - lb) > budget, UNEQUAL, np.where(few, FEW_SHARED, TO_VERIFY)
+        )
     return out
 
 
@@ -593,8 +589,8 @@ def _replay(uf: _UnionFind, pairs: np.ndarray, status: np.ndarray) -> np.ndarray
 
 # ---------------------------------------------------------------- pass 2 on workers
 
-# what became of a candidate pair: UNEQUAL and FEW_SHARED were rejected unread (`_few_shared`)
-SKIPPED, SAME, DIFFERENT, UNEQUAL, FEW_SHARED = 0, 1, 2, 3, 4
+# what became of a candidate pair: UNEQUAL and FEW_SHARED were rejected unread (`_rejected_unread`)
+TO_VERIFY, SKIPPED, SAME, DIFFERENT, UNEQUAL, FEW_SHARED = -1, 0, 1, 2, 3, 4
 
 
 def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.ndarray) -> np.ndarray:

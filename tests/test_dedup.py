@@ -532,12 +532,13 @@ def scanned(records: list[dict]):
 
 
 def bounds_hold(records: list[dict], pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Verify's verdicts and the token-count bounds' rejections of `pairs`; fails if the bounds
-    reject a pair verify accepts."""
+    """Verify's verdicts and the bounds' rejections (by length or token counts) of `pairs`; fails
+    if the bounds reject a pair verify accepts."""
     out, convs = scanned(records)
     near = DedupParams().near
     same = np.array([dedup_mod.verify(convs[a], convs[b], near) for a, b in pairs.tolist()])
-    few = dedup_mod._few_shared(pairs, out["bags"], out["n_tok"], out["n_qtok"], near)
+    unread = dedup_mod._rejected_unread(pairs, out["bags"], out["n_tok"], out["n_qtok"], near)
+    few = unread != dedup_mod.TO_VERIFY
     wrong = np.flatnonzero(few & same)
     assert not len(wrong), [
         (records[a]["messages"], records[b]["messages"]) for a, b in pairs[wrong[:2]].tolist()

@@ -117,7 +117,9 @@ def ordered_map(
     """`fn(state, part)` for every part, yielded in part order; `state = setup(*setup_args)` is
     built once per worker (compiled patterns, a tokenizer). At most a few parts per worker are in
     flight, so memory stays flat however large the input. `fn`, `setup` and `setup_args` travel
-    to the workers pickled: module-level functions and plain data."""
+    to the workers pickled: module-level functions and plain data. Local workers are spawned, so
+    they import the calling script again: a script that calls this (or a stage function that
+    does) with several workers must do so under `if __name__ == "__main__":`, as the stages do."""
     if engine == "ray":
         yield from _ray_map(fn, parts, setup, setup_args, workers)
     elif workers <= 1 or len(parts) <= 1:

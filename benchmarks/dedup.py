@@ -50,8 +50,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftpipe.dedup import conversation_text  # noqa: E402
-from sftpipe.minhash import as_text, shingles, tokenize  # noqa: E402
+from sftpipe.data.dedup.dedup import conversation_text  # noqa: E402
+from sftpipe.data.dedup.minhash import as_text, shingles, tokenize  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "corpora"
 VENV = ROOT / "benchmarks" / ".venv-datatrove"
@@ -81,8 +81,8 @@ SHORT = ("alpaca", "code_alpaca", "alpaca_libre", "dolly")  # single-exchange so
 
 
 def _ingest(work: Path) -> list[dict]:
-    from sftpipe.ingest import ingest
-    from sftpipe.sources import SourceSpec
+    from sftpipe.data.ingest import ingest
+    from sftpipe.io.sources import SourceSpec
 
     records = []
     for name, spec in SOURCES.items():
@@ -497,12 +497,12 @@ def _judge(pairs: list[tuple[str, str]], work: Path) -> int:
 
 def micro(work: Path, n: int) -> dict:
     """The two choices inside the stage, timed on the first `n` corpus records in this process:
-    tokenizing (a regex + rensa's token hashing vs sftpipe.minhash's numpy tokenizer) and
+    tokenizing (a regex + rensa's token hashing vs sftpipe.data.dedup.minhash's numpy tokenizer) and
     signatures from the same shingle hashes (datasketch vs rensa)."""
     from datasketch import MinHash
     from rensa import RMinHash
 
-    from sftpipe.minhash import signatures
+    from sftpipe.data.dedup.minhash import signatures
 
     texts = []
     with open(work / "corpus.jsonl", "rb") as fh:

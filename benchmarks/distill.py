@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sftpipe.distill import distill
+from sftpipe.distill.run import distill
 from sftpipe.params import load_params
 
 

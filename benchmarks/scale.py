@@ -42,10 +42,10 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftpipe.cli import dvc_stage  # noqa: E402
-from sftpipe.ingest import ingest  # noqa: E402
-from sftpipe.jsonio import JsonlWriter, atomic_path, loads, read_jsonl, write_json  # noqa: E402
-from sftpipe.sources import SourceSpec  # noqa: E402
+from sftpipe.core.jsonio import JsonlWriter, atomic_path, loads, read_jsonl, write_json  # noqa: E402
+from sftpipe.data.ingest import ingest  # noqa: E402
+from sftpipe.io.sources import SourceSpec  # noqa: E402
+from sftpipe.runtime.cli import dvc_stage  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 EVAL_SETS = {"gsm8k_test.jsonl", "mt_bench_questions.jsonl"}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 STAGE = """
 from pathlib import Path
-from sftpipe import tracking
-from sftpipe.jsonio import write_json
+from sftpipe.runtime import tracking
+from sftpipe.core.jsonio import write_json
 from sftpipe.params import load_params
 p = load_params().train
 with tracking.stage_run("bench", p, deps=["data"], outs=["report.json"]) as run:

@@ -32,8 +32,8 @@ import yaml
 from pydantic import field_validator
 from tqdm import tqdm
 
-from sftpipe.config import Section
-from sftpipe.sources import NAME
+from sftpipe.core.config import Section
+from sftpipe.io.sources import NAME
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
 OFFLINE = "HF_HUB_OFFLINE is set; unset it to publish, or set publish.hub.repo_id: null"

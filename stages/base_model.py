@@ -7,10 +7,10 @@ tokenizer files) and reports/base_model.json.
 import argparse
 import time
 
-from sftpipe import cli, tracking
-from sftpipe.base_model import ModelSourceError, materialize, resolve
-from sftpipe.jsonio import write_json
-from sftpipe.params import load_params
+from sftpipe.core.jsonio import write_json
+from sftpipe.core.params import load_params
+from sftpipe.model.base_model import ModelParams, ModelSourceError, materialize, resolve
+from sftpipe.runtime import cli, tracking
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/base_model.json", help="report to write")
     args = ap.parse_args()
 
-    params = load_params(args.params).model
+    params = load_params(args.params, model=ModelParams).model
     source = resolve(params.source)
     deps = [source.path] if source.path else []
     with tracking.stage_run("base_model", params, deps=deps, outs=[args.out]) as run:

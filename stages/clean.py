@@ -6,10 +6,11 @@ that exists; writes data/interim/clean/{records,rejected}.jsonl and reports/clea
 
 import argparse
 
-from sftpipe import cli
-from sftpipe.clean import CleanError, clean, input_files
-from sftpipe.engine import EngineError
-from sftpipe.params import load_params
+from sftpipe.core.engine import EngineError
+from sftpipe.core.params import load_params
+from sftpipe.data.clean.rules import CleanError, CleanParams, clean, input_files
+from sftpipe.io.sources import Sources
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/clean.json", help="report file")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, sources=Sources, clean=CleanParams)
     inputs = input_files(args.ingest, params.sources, args.extra)
     tally, extra = clean(inputs, args.out, params.clean, workers=params.n_workers, engine=params.engine)
     report = tally.write(args.report, **extra)

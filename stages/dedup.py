@@ -8,12 +8,12 @@ reports/dedup.json and reports/dedup_clusters.jsonl.
 import argparse
 from pathlib import Path
 
-from sftpipe import cli
-from sftpipe.decontam import EvalSetError
-from sftpipe.dedup import dedup
-from sftpipe.engine import EngineError
-from sftpipe.params import load_params
-from sftpipe.semantic import ModelError
+from sftpipe.core.engine import EngineError
+from sftpipe.core.params import load_params
+from sftpipe.data.dedup.decontam import EvalSetError
+from sftpipe.data.dedup.dedup import DedupParams, dedup
+from sftpipe.data.dedup.semantic import ModelError
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--reports", default="reports", help="folder for dedup.json and dedup_clusters.jsonl")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, dedup=DedupParams)
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"{args.input}: no such file (run the clean stage first)")
     reports = Path(args.reports)

@@ -7,11 +7,11 @@ reports/distill.json. With no base_url configured it runs a local llama.cpp serv
 
 import argparse
 
-from sftpipe import cli
-from sftpipe.distill import DistillError, distill
-from sftpipe.llama_server import LocalServerError
-from sftpipe.llm import EndpointError
-from sftpipe.params import load_params
+from sftpipe.core.params import load_params
+from sftpipe.distill.llama_server import LocalServerError
+from sftpipe.distill.llm import EndpointError
+from sftpipe.distill.run import DistillError, DistillParams, distill
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/distill.json", help="report file")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, distill=DistillParams)
     tally, metadata = distill(params.distill, params.seed, args.out)
     report = tally.write(
         args.report,

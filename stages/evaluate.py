@@ -7,11 +7,11 @@ Reads data/processed/hf, models/base and models/sft; writes reports/evaluate.jso
 
 import argparse
 
-from sftpipe import cli, tracking
-from sftpipe.evaluate import evaluate
-from sftpipe.jsonio import write_json
-from sftpipe.params import load_params
-from sftpipe.train import TrainError
+from sftpipe.core.jsonio import write_json
+from sftpipe.core.params import load_params
+from sftpipe.model.evaluate import EvaluateParams, evaluate
+from sftpipe.model.train import TrainError
+from sftpipe.runtime import cli, tracking
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--generations", default="reports/generations.jsonl", help="generations to write")
     args = ap.parse_args()
 
-    p = load_params(args.params).evaluate
+    p = load_params(args.params, evaluate=EvaluateParams).evaluate
     deps = [args.data, args.base, args.model]
     with tracking.stage_run("evaluate", p, deps=deps, outs=[args.report, args.generations]) as run:
         report = evaluate(p, args.data, args.base, args.model, args.generations)

@@ -11,12 +11,17 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from sftpipe import cli
-from sftpipe.accounting import Tally
-from sftpipe.export import SanityError, metadata, sanity, survey, write_outputs
-from sftpipe.jsonio import atomic_path, write_json
-from sftpipe.params import load_params
-from sftpipe.split import SPLITS
+from sftpipe.core.accounting import Tally
+from sftpipe.core.jsonio import atomic_path, write_json
+from sftpipe.core.params import load_params
+from sftpipe.data.clean.rules import CleanParams
+from sftpipe.data.dedup.dedup import DedupParams
+from sftpipe.data.export import ExportParams, SanityError, metadata, sanity, survey, write_outputs
+from sftpipe.data.format.formatter import FormatParams
+from sftpipe.data.mix import MixParams
+from sftpipe.data.split import SPLITS, SplitParams
+from sftpipe.io.sources import Sources
+from sftpipe.runtime import cli
 
 DATA_SECTIONS = ("seed", "sources", "clean", "dedup", "format", "split", "mix", "export")
 
@@ -30,7 +35,16 @@ def main() -> None:
     ap.add_argument("--reports", default="reports", help="folder for export.json and sanity.json")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(
+        args.params,
+        sources=Sources,
+        clean=CleanParams,
+        dedup=DedupParams,
+        format=FormatParams,
+        split=SplitParams,
+        mix=MixParams,
+        export=ExportParams,
+    )
     p = params.export
     splits = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

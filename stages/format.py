@@ -7,12 +7,12 @@ with `workers` processes (params.yaml); the outputs do not depend on either.
 
 import argparse
 
-from sftpipe import cli
-from sftpipe.engine import EngineError
-from sftpipe.format import FormatError, SanityError, format_file
-from sftpipe.params import load_params
-from sftpipe.templates import TemplateError
-from sftpipe.tokenize import TokenizerError
+from sftpipe.core.engine import EngineError
+from sftpipe.core.params import load_params
+from sftpipe.data.format.formatter import FormatError, FormatParams, SanityError, format_file
+from sftpipe.data.format.templates import TemplateError
+from sftpipe.data.format.tokenizer import TokenizerError
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/format.json", help="stage report")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, format=FormatParams)
     tally, extra = format_file(
         args.input, args.tokenizer, params.format, args.out, engine=params.engine, workers=params.n_workers
     )

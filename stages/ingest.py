@@ -6,12 +6,12 @@ Writes data/interim/ingest/<source>/{records,rejected}.jsonl and reports/ingest/
 import argparse
 from pathlib import Path
 
-from sftpipe import cli
-from sftpipe.config import ParamsError
-from sftpipe.engine import EngineError
-from sftpipe.ingest import IngestError, ingest
-from sftpipe.params import load_params
-from sftpipe.sources import SourceError, digest
+from sftpipe.core.config import ParamsError
+from sftpipe.core.engine import EngineError
+from sftpipe.core.params import load_params
+from sftpipe.data.ingest import IngestError, ingest
+from sftpipe.io.sources import SourceError, Sources, digest
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--reports", default="reports/ingest", help="folder for per-source reports")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, sources=Sources)
     sources = params.sources
     if args.source not in sources:
         raise ParamsError(f"sources.{args.source}: no such source (have: {', '.join(sorted(sources))})")

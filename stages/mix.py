@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sftpipe import cli
-from sftpipe.accounting import Tally
-from sftpipe.columnar import read_column, write_rows
-from sftpipe.jsonio import atomic_path, write_json
-from sftpipe.mix import MixError, eval_rows, train_rows
-from sftpipe.params import load_params
-from sftpipe.split import SPLITS, counts
+from sftpipe.core.accounting import Tally
+from sftpipe.core.jsonio import atomic_path, write_json
+from sftpipe.core.params import load_params
+from sftpipe.data.mix import MixError, MixParams, eval_rows, train_rows
+from sftpipe.data.split import SPLITS, counts
+from sftpipe.io.columnar import read_column, write_rows
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/mix.json", help="accounting, targets and shares")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, mix=MixParams)
     tallies = {n: Tally() for n in SPLITS}
     src = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}
     # only id and source decide; the heavy columns stream from disk in the order decided here

@@ -10,10 +10,11 @@ the environment only: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_ENDPOINT_
 import argparse
 from pathlib import Path
 
-from sftpipe import cli
-from sftpipe.accounting import Tally
-from sftpipe.params import load_params
-from sftpipe.publish import PublishError, check_urls, publish
+from sftpipe.core.accounting import Tally
+from sftpipe.core.params import load_params
+from sftpipe.model.train import TrainParams
+from sftpipe.publish import PublishError, PublishParams, check_urls, publish
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     ap.add_argument("--reports", default="reports", help="folder for publish.json")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, publish=PublishParams, train=TrainParams)
     p = params.publish
     check_urls(p)
     report_path = Path(args.reports) / "publish.json"

@@ -1,7 +1,7 @@
 """report: metrics, dataset card, stable samples, manifest and plots for review in a pull request.
 
 Reads data/interim/mix/<split>.parquet and every stage's reports/*.json; writes git-tracked files
-under reports/ (see sftpipe/report.py). Compare two revisions with `python -m sftpipe.review`.
+under reports/ (see sftpipe/data/report.py). Compare two revisions with `python -m sftpipe.review`.
 """
 
 import argparse
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import orjson
 
-from sftpipe import cli
-from sftpipe.card import render
-from sftpipe.jsonio import atomic_path, write_json, write_jsonl
-from sftpipe.params import load_params
-from sftpipe.report import (
+from sftpipe.core.jsonio import atomic_path, write_json, write_jsonl
+from sftpipe.core.params import load_params
+from sftpipe.data.card import render
+from sftpipe.data.report import (
+    ReportParams,
     histogram_rows,
     languages,
     lengths,
@@ -24,7 +24,9 @@ from sftpipe.report import (
     write_csv,
     write_manifest,
 )
-from sftpipe.split import SPLITS
+from sftpipe.data.split import SPLITS
+from sftpipe.io.sources import Sources
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
     ap.add_argument("--reports", default="reports", help="reports folder (read and written)")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, sources=Sources, report=ReportParams)
     p, reports = params.report, Path(args.reports)
     parts = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}  # read column by column
     by = lengths(parts)

@@ -8,12 +8,12 @@ import argparse
 
 import pyarrow.parquet as pq
 
-from sftpipe import cli
-from sftpipe.accounting import Tally
-from sftpipe.columnar import write_many
-from sftpipe.jsonio import atomic_path
-from sftpipe.params import load_params
-from sftpipe.split import SPLITS, LeakageError, counts, overlap, split
+from sftpipe.core.accounting import Tally
+from sftpipe.core.jsonio import atomic_path
+from sftpipe.core.params import load_params
+from sftpipe.data.split import SPLITS, LeakageError, SplitParams, counts, overlap, split
+from sftpipe.io.columnar import write_many
+from sftpipe.runtime import cli
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/split.json", help="accounting and overlap report")
     args = ap.parse_args()
 
-    params = load_params(args.params)
+    params = load_params(args.params, split=SplitParams)
     rows, parts = split(args.input, params.split, params.seed)
     tally = Tally()
     tally.seen(pq.read_metadata(args.input).num_rows)

@@ -9,9 +9,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from sftpipe import cli, tracking
-from sftpipe.params import load_params
-from sftpipe.train import TrainError, train, write_outputs
+from sftpipe.core.params import load_params
+from sftpipe.model.train import TrainError, TrainParams, train, write_outputs
+from sftpipe.runtime import cli, tracking
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--curve", default="reports/train_loss.csv", help="loss curve (CSV) to write")
     args = ap.parse_args()
 
-    all_params = load_params(args.params)
+    all_params = load_params(args.params, train=TrainParams)
     p, seed = all_params.train, all_params.seed
     outs = [args.out, args.report, args.curve]
     with (

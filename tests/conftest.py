@@ -30,7 +30,7 @@ def gpt2_dir() -> Path:
 def ray_engine():
     """One local Ray instance with 2 CPUs for the whole session (it takes seconds to start)."""
     ray = pytest.importorskip("ray")
-    from sftpipe.engine import init_ray
+    from sftpipe.core.engine import init_ray
 
     started = not ray.is_initialized()
     init_ray(2)

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sftpipe.config import ParamsError, validate
-from sftpipe.export import save_hf
-from sftpipe.jsonio import read_jsonl
+from sftpipe.core.config import ParamsError, validate
+from sftpipe.core.jsonio import read_jsonl
+from sftpipe.data.export import save_hf
 from sftpipe.publish import (
     PublishError,
     PublishParams,
@@ -181,8 +181,8 @@ def test_model_card_names_dataset_digest_and_params(tmp_path):
 
 
 def test_store_round_trip_through_a_url_source(s3, tmp_path):
-    from sftpipe.ingest import ingest
-    from sftpipe.sources import SourceSpec
+    from sftpipe.data.ingest import ingest
+    from sftpipe.io.sources import SourceSpec
 
     client, bucket = s3
     data = make_processed(tmp_path)
@@ -272,8 +272,8 @@ def test_store_round_trip_real_corpus(s3, tmp_path, corpora, gpt2_dir):
     """Real alpaca-libre records, tokenized with GPT-2, published and read back unchanged."""
     from transformers import AutoTokenizer
 
-    from sftpipe.ingest import ingest
-    from sftpipe.sources import SourceSpec
+    from sftpipe.data.ingest import ingest
+    from sftpipe.io.sources import SourceSpec
 
     client, bucket = s3
     ingest("libre", SourceSpec(path=str(corpora / "alpaca_libre_v2.jsonl"), max_samples=120), tmp_path / "in")
@@ -425,7 +425,9 @@ def test_credentials_never_reach_params_lock_reports_or_logs(s3, tmp_path):
         mp.setenv("HF_ENDPOINT", hub.url)
         mp.setenv("HF_TOKEN", CANARY_TOKEN)
         mp.setenv("HF_HUB_DISABLE_XET", "1")
-        mp.delenv("HF_HUB_OFFLINE", raising=False)  # the fake hub is on loopback; offline mode would refuse it
+        mp.delenv(
+            "HF_HUB_OFFLINE", raising=False
+        )  # the fake hub is on loopback; offline mode would refuse it
         proc = dvc(repo, "repro", "--single-item", "publish")
         seen = {r["headers"].get("authorization") for r in hub.requests}
     assert f"Bearer {CANARY_TOKEN}" in seen  # the token did travel, to the hub only

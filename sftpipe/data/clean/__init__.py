@@ -1,0 +1,1 @@
+"""clean: named rules, text normalization, PII redaction."""

@@ -1,0 +1,1 @@
+"""dedup: exact, near (MinHash LSH + verification), semantic, decontamination."""

@@ -1,0 +1,450 @@
+"""export: the mixed splits in the formats trainers load, plus metadata and sanity checks.
+
+- data/processed/hf/: a `datasets.DatasetDict` (save_to_disk layout) with input_ids, attention_mask,
+  labels, id, source, text (and copy, cluster); its fingerprint is a digest of its shard bytes;
+- data/processed/jsonl/<format>/<split>.jsonl for every format in `export.formats`;
+- data/processed/parquet/<split>.parquet; data/processed/metadata.json.
+
+Everything streams: a split is read from its Parquet file a batch of rows at a time, with only the
+columns a pass needs, so memory stays flat whatever the size of the data. No output depends on
+the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from sftpipe.core.config import Section
+from sftpipe.core.jsonio import JsonlWriter, atomic_path
+from sftpipe.data.split import _hash
+
+Format = Literal["prompt_completion", "text", "sharegpt", "alpaca", "messages"]
+HF_COLUMNS = ("id", "source", "cluster", "copy", "text", "input_ids", "attention_mask", "labels")
+JSONL_COLUMNS = {
+    "prompt_completion": ("id", "prompt", "completion"),
+    "text": ("id", "text"),
+    "sharegpt": ("id", "messages"),
+    "alpaca": ("id", "messages", "meta"),
+    "messages": ("id", "messages"),
+}
+BATCH_ROWS = 4096  # rows read at a time: ~30 MB of Arrow at ~7 KB a row
+HF_WRITE_ROWS = 1000  # rows per record batch in the HF shards (datasets' own writer batch size)
+HF_SHARD_ROWS = 100_000  # rows per HF shard: ~450 MB at ~4.5 KB a row (datasets' default cap is 500 MB)
+COLLATE_ROWS = 4
+
+Split = pa.Table | Path
+"""A split: its Parquet file (streamed) or a table already in memory (tests, publish)."""
+
+
+class ExportParams(Section):
+    formats: list[Format] = ["prompt_completion", "text", "sharegpt", "alpaca", "messages"]
+    """JSONL formats to write under data/processed/jsonl/<format>/."""
+    parquet: bool = True
+    """Also write data/processed/parquet/<split>.parquet (all columns)."""
+    sanity_samples: int = 64
+    """Rows per split decoded and compared with their rendered text by the sanity checks."""
+
+
+class SanityError(AssertionError):
+    """The exported dataset fails a check a trainer relies on."""
+
+
+def schema(split: Split) -> pa.Schema:
+    return split.schema if isinstance(split, pa.Table) else pq.read_schema(split)
+
+
+def num_rows(split: Split) -> int:
+    return split.num_rows if isinstance(split, pa.Table) else pq.ParquetFile(split).metadata.num_rows
+
+
+def batches(split: Split, columns: Iterable[str], batch_size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """The split's rows in order, at most `batch_size` at a time, reading only `columns`."""
+    columns = list(columns)
+    if isinstance(split, pa.Table):
+        yield from split.select(columns).to_batches(max_chunksize=batch_size)
+        return
+    with pq.ParquetFile(split) as f:
+        # One iter_batches per row group: a single one over the whole file keeps about the compressed
+        # size of what it has read until the file is closed (pyarrow 25), so memory grew with the data.
+        for group in range(f.num_row_groups):
+            yield from f.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
+
+
+def head(split: Split, n: int, columns: Iterable[str]) -> pa.Table:
+    """The first `n` rows of a split (all of them if it is shorter)."""
+    columns = list(columns)
+    got = pa.Table.from_batches([], schema=pa.schema([schema(split).field(c) for c in columns]))
+    for batch in batches(split, columns, max(n, 1)):
+        got = pa.concat_tables([got, pa.Table.from_batches([batch]).select(columns)])
+        if got.num_rows >= n:
+            break
+    return got.slice(0, n)
+
+
+def rechunk(chunks: Iterable[pa.RecordBatch | pa.Table], size: int) -> Iterator[pa.Table]:
+    """The same rows as tables of exactly `size` rows (the last one shorter) with buffers of their own.
+
+    Fresh buffers make what is written from them independent of how the input was chunked: Arrow
+    IPC pads a slice of a larger buffer differently from a whole one.
+    """
+    pending: list[pa.Table] = []
+    rows = 0
+    for chunk in chunks:
+        pending.append(pa.Table.from_batches([chunk]) if isinstance(chunk, pa.RecordBatch) else chunk)
+        rows += chunk.num_rows
+        while rows >= size:
+            whole = pa.concat_tables(pending)
+            yield _fresh(whole.slice(0, size))
+            pending, rows = [whole.slice(size)], rows - size
+    if rows:
+        yield _fresh(pa.concat_tables(pending))
+
+
+def _fresh(table: pa.Table) -> pa.Table:
+    # concatenating with an empty table copies every column into new, exactly sized buffers
+    return pa.concat_tables([table, table.schema.empty_table()]).combine_chunks()
+
+
+def _progress(split: Split, name: str, what: str) -> tqdm:
+    return tqdm(total=num_rows(split), desc=f"export {what} {name}", unit=" rows", disable=None)
+
+
+SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
+
+
+def _alpaca(messages: list[dict], meta: dict) -> dict:
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
+    if not pairs:  # a text record: no instruction, the whole text is the output
+        return {
+            "instruction": "",
+            "input": "",
+            "output": turns[-1]["content"] if turns else "",
+            "system": system,
+        }
+    instruction, output = pairs[-1]
+    context = meta.get("alpaca_input") or ""
+    if context and instruction.endswith("\n\n" + context):
+        instruction = instruction[: -len(context) - 2]
+    else:
+        context = ""
+    row = {"instruction": instruction, "input": context, "output": output, "system": system}
+    if len(pairs) > 1:
+        row["history"] = [list(p) for p in pairs[:-1]]
+    return row
+
+
+def _jsonl_row(r: dict, fmt: str, messages: list[dict] | None) -> dict:
+    """One row in one export format; `messages` is r["messages"] parsed (None for formats without it)."""
+    if fmt == "prompt_completion":
+        return {"id": r["id"], "prompt": r["prompt"], "completion": r["completion"]}
+    if fmt == "text":
+        return {"id": r["id"], "text": r["text"]}
+    if fmt == "messages":
+        return {"id": r["id"], "messages": messages}
+    if fmt == "sharegpt":
+        return {
+            "id": r["id"],
+            "conversations": [{"from": SHAREGPT_ROLE[m["role"]], "value": m["content"]} for m in messages],
+        }
+    return {"id": r["id"], **_alpaca(messages, orjson.loads(r["meta"]))}
+
+
+def jsonl_rows(table: pa.Table | pa.RecordBatch, fmt: str) -> Iterator[dict]:
+    """Rows of a table or batch in one export format (each carries the example's id)."""
+    for r in table.select(list(JSONL_COLUMNS[fmt])).to_pylist():
+        yield _jsonl_row(r, fmt, orjson.loads(r["messages"]) if "messages" in r else None)
+
+
+def write_jsonl_formats(
+    splits: dict[str, Split], formats: list[str], dest: Path, batch_size: int = BATCH_ROWS
+) -> None:
+    """dest/<format>/<split>.jsonl for every format, all from one read of each split."""
+    columns = sorted({c for f in formats for c in JSONL_COLUMNS[f]})
+    for name, split in splits.items():
+        with contextlib.ExitStack() as stack, _progress(split, name, "jsonl") as bar:
+            writers = [
+                stack.enter_context(JsonlWriter(stack.enter_context(atomic_path(dest / f / f"{name}.jsonl"))))
+                for f in formats
+            ]
+            for batch in batches(split, columns, batch_size):
+                for r in batch.to_pylist():
+                    messages = orjson.loads(r["messages"]) if "messages" in r else None
+                    for fmt, out in zip(formats, writers, strict=True):
+                        out.write(_jsonl_row(r, fmt, messages))
+                bar.update(batch.num_rows)
+
+
+def write_outputs(
+    splits: dict[str, Split], formats: list[str], parquet: bool, dest: Path, workers: int = 1
+) -> None:
+    """dest/hf, dest/jsonl/<format>/ and dest/parquet/ (when `parquet`), by up to `workers` processes:
+    the HF dataset, the JSONL formats in two halves, and the Parquet copy are independent writes of
+    their own files, so the bytes do not depend on `workers`. Spawned, not forked: the stage has
+    started Arrow's and the tokenizer's threads, which a fork would copy mid-work."""
+    halves = [formats[0::2], formats[1::2]] if workers > 1 else [formats]
+    jobs = [(save_hf, (splits, dest / "hf"))]
+    jobs += [(write_jsonl_formats, (splits, half, dest / "jsonl")) for half in halves if half]
+    jobs += [(write_parquet, (splits, dest / "parquet"))] if parquet else []
+    if workers <= 1:
+        for fn, args in jobs:
+            fn(*args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        for done in [pool.submit(fn, *args) for fn, args in jobs]:
+            done.result()  # a worker's exception is raised here, as itself
+
+
+def write_parquet(splits: dict[str, Split], dest: Path) -> None:
+    """dest/<split>.parquet with every column. Mix already writes exactly these bytes (zstd, no schema
+    metadata, 16384-row groups), so a split's file is copied as it is."""
+    from sftpipe.data.split import write_parquet as write_split
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        if isinstance(split, pa.Table):
+            write_split(split, dest / f"{name}.parquet")
+        else:
+            shutil.copyfile(split, dest / f"{name}.parquet")
+
+
+def with_attention_mask(table: pa.Table) -> pa.Table:
+    lengths = pc.list_value_length(table["input_ids"]).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    ones = pa.array(np.ones(int(offsets[-1]), dtype=np.int8))
+    return table.append_column("attention_mask", pa.ListArray.from_arrays(pa.array(offsets), ones))
+
+
+def _hf_split(split: Split, folder: Path, batch_size: int) -> tuple[list[str], str, pa.Schema]:
+    """Stream one split's HF columns into Arrow shards in `folder`, written by datasets' own writer.
+
+    Shards hold HF_SHARD_ROWS rows in record batches of HF_WRITE_ROWS, so their bytes (and the
+    fingerprint, a digest of those bytes) do not depend on the batch size. Returns the shard file
+    names, the fingerprint and the schema.
+    """
+    from datasets import Features
+    from datasets.arrow_writer import ArrowWriter
+
+    names = schema(split).names
+    columns = [c for c in HF_COLUMNS if c in names or c == "attention_mask"]
+    hf_schema = with_attention_mask(schema(split).empty_table()).select(columns).schema
+    features = Features.from_arrow_schema(hf_schema)
+    n_shards = max(1, -(-num_rows(split) // HF_SHARD_ROWS))
+    files = [f"data-{i:05d}-of-{n_shards:05d}.arrow" for i in range(n_shards)]
+    folder.mkdir(parents=True)
+    read = rechunk(batches(split, [c for c in columns if c != "attention_mask"], batch_size), HF_WRITE_ROWS)
+    with _progress(split, folder.name, "hf") as bar:
+        for file in files:
+            writer = ArrowWriter(features=features, path=str(folder / file))
+            for chunk in itertools.islice(read, HF_SHARD_ROWS // HF_WRITE_ROWS):
+                writer.write_table(with_attention_mask(chunk).select(columns))
+                bar.update(chunk.num_rows)
+            writer.finalize()
+    digest = hashlib.sha256()  # not blake2b: sha256 has CPU support, ~3x faster on GBs of shards
+    for file in files:
+        with open(folder / file, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return files, digest.hexdigest()[:16], hf_schema
+
+
+def save_hf(splits: dict[str, Split], dest: Path, batch_size: int = BATCH_ROWS) -> None:
+    """Save the splits as a DatasetDict (loads with `datasets.load_from_disk`) whose files depend only
+    on the content.
+
+    `Dataset.save_to_disk` would need the rows as one table; a memory-mapped one still ends up
+    resident (mapped pages count as the process's memory), so the shards are streamed here with
+    datasets' ArrowWriter, and datasets itself writes the JSON beside them by saving an empty
+    dataset with the same features and fingerprint, whose file list is then filled in.
+    """
+    import datasets
+
+    empty = datasets.DatasetDict()
+    files = {}
+    for name, split in splits.items():
+        files[name], fingerprint, hf_schema = _hf_split(split, dest / name, batch_size)
+        empty[name] = datasets.Dataset(hf_schema.empty_table(), fingerprint=fingerprint)
+    quiet = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # its bar would count the empty datasets' 0 rows
+    try:
+        empty.save_to_disk(str(dest))
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+    for name in splits:
+        path = dest / name / "state.json"
+        state = json.loads(path.read_text())
+        state["_data_files"] = [{"filename": f} for f in files[name]]
+        with open(path, "w", encoding="utf-8") as fh:  # as datasets writes it
+            json.dump(state, fh, indent=2, sort_keys=True)
+
+
+def length_stats(lengths) -> dict:
+    """Summary of token lengths (a list or an array of ints)."""
+    a = np.asarray(lengths, dtype=np.int64)
+    if not a.size:
+        return {"count": 0}
+    return {
+        "count": int(a.size), "mean": round(float(a.mean()), 2), "min": int(a.min()), "max": int(a.max()),
+        "p50": int(np.percentile(a, 50)), "p90": int(np.percentile(a, 90)), "p99": int(np.percentile(a, 99)),
+        "total": int(a.sum()),
+    }  # fmt: skip
+
+
+@dataclass
+class SplitFacts:
+    """What the checks and metadata.json need from one split, gathered in one streaming pass."""
+
+    rows: int = 0
+    by_source: Counter = field(default_factory=Counter)
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    text_records: int = 0
+    empty: Counter = field(default_factory=Counter)
+    head: pa.Table | None = None  # the first rows: id, text, input_ids, labels
+
+
+@dataclass
+class Survey:
+    splits: dict[str, SplitFacts]
+    overlap: dict[str, int]
+    samples: int
+
+    def counts(self) -> dict[str, dict]:
+        """Per split: total and per-source row counts (as sftpipe.data.split.counts)."""
+        return {
+            n: {"total": f.rows, "by_source": dict(sorted(f.by_source.items()))}
+            for n, f in self.splits.items()
+        }
+
+
+SURVEY_COLUMNS = ("id", "source", "cluster", "meta", "text", "prompt", "completion", "input_ids")
+
+
+def survey(splits: dict[str, Split], samples: int, batch_size: int = BATCH_ROWS) -> Survey:
+    """One streaming pass over each split for the sanity checks and metadata.json.
+
+    Overlap counts what sftpipe.data.split.overlap counts (ids, text hashes and clusters found in more than
+    one split) without keeping the largest split's keys: it is read last and only looked up.
+    """
+    keys = ("id", "text", "cluster")
+    seen: dict[str, dict] = {k: {} for k in keys}
+    shared: dict[str, set] = {k: set() for k in keys}
+    order = sorted(splits, key=lambda n: num_rows(splits[n]))
+    facts = {}
+    for name in order:
+        split, f, lengths = splits[name], SplitFacts(), []
+        keep = name != order[-1]
+        with _progress(split, name, "survey") as bar:
+            for batch in batches(split, SURVEY_COLUMNS, batch_size):
+                f.rows += batch.num_rows
+                f.by_source.update(batch["source"].to_pylist())
+                lengths.append(pc.list_value_length(batch["input_ids"]).to_numpy(zero_copy_only=False))
+                f.text_records += sum(
+                    orjson.loads(m).get("kind") == "text" for m in batch["meta"].to_pylist()
+                )
+                for column in ("prompt", "completion"):
+                    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(batch[column])), 0)
+                    f.empty[column] += pc.sum(blank).as_py() or 0
+                values = {
+                    "id": batch["id"].to_pylist(),
+                    "text": [_hash(t) for t in batch["text"].to_pylist()],
+                    "cluster": batch["cluster"].to_pylist(),
+                }
+                for k in keys:
+                    owner, both = seen[k], shared[k]
+                    for v in values[k]:
+                        if (owner.setdefault(v, name) if keep else owner.get(v, name)) != name:
+                            both.add(v)
+                bar.update(batch.num_rows)
+        f.lengths = np.concatenate([np.zeros(0, np.int64), *lengths]).astype(np.int64)
+        f.head = head(split, max(samples, COLLATE_ROWS), ["id", "text", "input_ids", "labels"])
+        facts[name] = f
+    return Survey({n: facts[n] for n in splits}, {k: len(shared[k]) for k in keys}, samples)
+
+
+def sanity(survey: Survey, tokenizer, max_length: int) -> dict:
+    """The checks a trainer relies on; raises SanityError on the first failure, else returns the results."""
+    overlap = survey.overlap
+    checks: dict[str, object] = {"split_overlap": overlap}
+    if any(overlap.values()):
+        raise SanityError(f"examples shared between splits: {overlap}")
+    for name, f in survey.splits.items():
+        longest = int(f.lengths.max(initial=0))
+        if longest > max_length:
+            raise SanityError(f"{name}: a row has {longest} tokens > max_length {max_length}")
+        for column in ("prompt", "completion"):
+            empty = f.empty[column]
+            if empty > f.text_records or (column == "completion" and empty):
+                raise SanityError(f"{name}: {empty} rows with an empty {column}")
+        rows = f.head.slice(0, survey.samples).to_pylist()
+        for r in rows:
+            decoded = tokenizer.decode(r["input_ids"], clean_up_tokenization_spaces=False)
+            if decoded != r["text"]:
+                raise SanityError(f"{name}/{r['id']}: decoded tokens differ from the rendered text")
+            if len(r["labels"]) != len(r["input_ids"]) or all(x == -100 for x in r["labels"]):
+                raise SanityError(f"{name}/{r['id']}: labels do not match input_ids or train nothing")
+        checks[name] = {"rows": f.rows, "decoded_ok": len(rows), "max_tokens": longest}
+    checks["collated_batch"] = collate_check(survey.splits["train"].head, tokenizer, COLLATE_ROWS)
+    return checks
+
+
+def collate_check(table: pa.Table, tokenizer, n: int = COLLATE_ROWS) -> dict:
+    """Pad a small batch the way a trainer would and check every tensor has the same shape."""
+    from transformers import DataCollatorForSeq2Seq
+
+    rows = (
+        with_attention_mask(table.slice(0, n)).select(["input_ids", "attention_mask", "labels"]).to_pylist()
+    )
+    if not rows:
+        return {"skipped": "empty train split"}
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="np")(
+        rows
+    )
+    shapes = {k: list(v.shape) for k, v in batch.items()}
+    expected = [len(rows), max(len(r["input_ids"]) for r in rows)]
+    if any(s != expected for s in shapes.values()):
+        raise SanityError(f"collated batch shapes {shapes}, expected {expected} for each")
+    return {"shape": expected}
+
+
+def metadata(data_params: dict, source_names: list[str], survey: Survey, reports: Path) -> dict:
+    """What a consumer of the dataset needs to know: counts, token lengths, template, tokenizer,
+    a digest of the data params, and each source's format and input digest (from the reports)."""
+    from sftpipe.core.jsonio import dumps
+
+    fmt = orjson.loads((reports / "format.json").read_bytes()) if (reports / "format.json").exists() else {}
+    sources = {}
+    for name in sorted(source_names):
+        f = reports / "ingest" / f"{name}.json"
+        if f.exists():
+            r = orjson.loads(f.read_bytes())
+            sources[name] = {k: r[k] for k in ("format", "input_digest", "out") if k in r}
+    return {
+        "splits": survey.counts(),
+        "tokens": {n: length_stats(f.lengths) for n, f in survey.splits.items()},
+        "template": fmt.get("template"),
+        "tokenizer": fmt.get("tokenizer"),
+        "params_digest": hashlib.sha256(dumps(data_params)).hexdigest()[:16],
+        "sources": sources,
+    }

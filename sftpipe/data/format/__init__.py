@@ -1,0 +1,1 @@
+"""format: templates, tokenization, label masks."""

@@ -1,0 +1,186 @@
+"""ingest: one source -> canonical records, with every input record accounted for."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sftpipe.core.accounting import Tally
+from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.core.jsonio import JsonlWriter, atomic_path
+from sftpipe.core.records import make_record
+from sftpipe.io.readers import Bad, files_in, jsonl_row
+from sftpipe.io.schemas import CONVERTERS, Drop, detect, oasst
+from sftpipe.io.sources import SourceSpec, rows
+
+LINES_PER_PART = 2048
+
+
+class IngestError(ValueError):
+    """Bad input under `on_bad_record: error` (or `on_truncated: error`): one line, file and position."""
+
+
+def _position(where: dict) -> str:
+    pos = f"line {where['line']}" if "line" in where else f"record {where.get('index')}"
+    return f"{where.get('file')}: {pos}"
+
+
+class _Convert:
+    """Raw row -> outcome, with no state shared between rows, so it can run on any worker:
+    ("bad", where, reason, detail, row, switch) or ("ok", where, n_converted, items), each item
+    ("lang", messages, meta) for a record the lang filter drops, or ("rec", record)."""
+
+    def __init__(self, name: str, spec: SourceSpec, fmt: str):
+        self.name, self.spec, self.format = name, spec, fmt
+
+    def __call__(self, where: dict, row: dict | Bad) -> tuple:
+        if isinstance(row, Bad):
+            return "bad", where, row.reason, row.detail, None, row.fatal_when
+        try:
+            if self.format == "oasst":
+                converted = oasst.convert(row, mode=self.spec.mode, langs=self.spec.langs)
+            else:
+                converted = CONVERTERS[self.format](row)
+        except Drop as exc:
+            return "bad", where, exc.reason, exc.detail, row, "on_bad_record"
+        langs, items = self.spec.langs, []
+        for orig_id, messages, meta in converted:
+            if langs and isinstance(meta.get("lang"), str) and meta["lang"] not in langs:
+                items.append(("lang", messages, meta))
+                continue
+            meta = {**meta, "format": self.format}
+            if self.spec.license:
+                meta["license"] = self.spec.license
+            items.append(("rec", make_record(self.name, messages, meta, orig_id)))
+        return "ok", where, len(converted), items
+
+
+def _convert_part(convert: _Convert, part: Part) -> list[tuple]:
+    return [convert(*jsonl_row(part.path, lineno, line)) for lineno, line in part.lines()]
+
+
+class _Ingest:
+    """The sequential half: accounting, unique ids and writing, in input order."""
+
+    def __init__(self, name: str, spec: SourceSpec, out: JsonlWriter, tally: Tally):
+        self.name, self.spec, self.out, self.tally = name, spec, out, tally
+        self.format = spec.format
+        self.ids: dict[str, int] = {}
+        self._convert: _Convert | None = None
+
+    def bad(self, where: dict, reason: str, detail: str, row=None, switch: str = "on_bad_record") -> None:
+        if getattr(self.spec, switch) == "error":
+            raise IngestError(f"source {self.name}: {_position(where)}: {reason}: {detail}")
+        self.tally.drop(reason, row, **where, detail=detail)
+
+    def unique_id(self, rec_id: str) -> str:
+        # Repeated ids (exact copies hashed alike, or a source's own repeats) stay distinct and
+        # stable by input order; the dedup stage decides which copy survives.
+        n = self.ids.get(rec_id, 0) + 1
+        self.ids[rec_id] = n
+        return rec_id if n == 1 else f"{rec_id}~{n}"
+
+    def row(self, where: dict, row: dict | Bad) -> None:
+        """Detect the schema on the first good row, then convert and apply."""
+        if self.format is None and not isinstance(row, Bad):
+            self.format = detect(row)
+            if self.format is None:
+                self.tally.seen()
+                return self.bad(where, "unknown_schema", f"no known schema has fields {sorted(row)[:8]}", row)
+        if self._convert is None or self._convert.format != self.format:
+            self._convert = _Convert(self.name, self.spec, self.format)
+        self.apply(self._convert(where, row))
+
+    def apply(self, outcome: tuple) -> None:
+        """Account for one outcome of `_Convert` (or a raw ("row", where, row) to convert here)."""
+        if outcome[0] == "row":
+            return self.row(*outcome[1:])
+        self.tally.seen()
+        if outcome[0] == "bad":
+            _, where, reason, detail, row, switch = outcome
+            return self.bad(where, reason, detail, row, switch)
+        _, where, n, items = outcome
+        self.tally.expand(n - 1)
+        for kind, *item in items:
+            if kind == "lang":
+                messages, meta = item
+                self.tally.drop("lang", {"messages": messages, "meta": meta}, **where)
+                continue
+            record = item[0]
+            record["id"] = self.unique_id(record["id"])
+            self.out.write(record)
+            self.tally.kept()
+
+
+def _line_files(spec: SourceSpec, engine: Engine) -> list[str] | None:
+    """The source's files when all are plain JSONL that workers can cut into parts, else None.
+    A URL is read by the workers themselves only on Ray: locally it is downloaded once."""
+    if spec.path:
+        files = files_in(spec.path)
+        plain = all(str(f).lower().endswith(".jsonl") for f in files)
+        return [str(f) for f in files] if plain else None
+    if spec.url and engine == "ray" and spec.url.split("?", 1)[0].lower().endswith(".jsonl"):
+        return [spec.url]
+    return None
+
+
+def _first_format(files: list[str]) -> str | None:
+    """The schema of the first line when it is a row of a known schema (the parallel path needs
+    the schema before any worker starts; anything less clear takes the sequential path)."""
+    if not files:
+        return None
+    import fsspec
+
+    with fsspec.open(files[0], "rb") as fh:  # only the first line: no pass over the whole file
+        line = fh.readline()
+    if not line.strip():
+        return None
+    _, row = jsonl_row(files[0], 1, line)
+    return None if isinstance(row, Bad) else detect(row)
+
+
+def _outcomes(name: str, spec: SourceSpec, job: _Ingest, engine: Engine, workers: int):
+    """Outcomes in input order: converted on workers when the source is plain JSONL of a known
+    schema, else raw rows for `job` to convert here."""
+    files = _line_files(spec, engine) if engine == "ray" or workers > 1 else None
+    fmt = spec.format or (_first_format(files) if files else None)
+    if files is None or fmt is None:
+        for where, row in rows(name, spec):
+            yield "row", where, row
+        return
+    job.format = fmt
+    parts = [p for f in files for p in split_lines(f, LINES_PER_PART)]
+    setup_args = (name, spec, fmt)
+    for outcomes in ordered_map(
+        _convert_part, parts, setup=_Convert, setup_args=setup_args, engine=engine, workers=workers
+    ):
+        yield from outcomes
+
+
+def ingest(
+    name: str, spec: SourceSpec, out_dir: str | Path, engine: Engine = "local", workers: int = 1
+) -> Tally:
+    """Write `records.jsonl` and `rejected.jsonl` for source `name` into `out_dir` (atomically).
+
+    Plain JSONL is converted on `workers` processes (or Ray); the output is the same either way."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with JsonlWriter(tmp / "records.jsonl") as out, JsonlWriter(tmp / "rejected.jsonl") as rejected:
+            tally = Tally(rejected)
+            job = _Ingest(name, spec, out, tally)
+            progress = tqdm(desc=f"ingest {name}", unit=" rec", mininterval=1, disable=None)
+            for outcome in _outcomes(name, spec, job, engine, workers):
+                if spec.max_samples is not None and tally.n_in >= spec.max_samples:
+                    break
+                job.apply(outcome)
+                progress.update()
+            progress.close()
+        if tally.n_in == 0:
+            if spec.on_bad_record == "error":
+                raise IngestError(f"source {name}: the input has no records (empty file?)")
+            print(f"warning: source {name}: the input has no records", file=sys.stderr)
+        tally.format = job.format  # type: ignore[attr-defined]
+        tally.check()
+    return tally

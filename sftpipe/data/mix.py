@@ -1,0 +1,151 @@
+"""mix: weighted sampling per source, applied to train only and after the split.
+
+Up-sampling repeats whole copies and then a seeded subset of the rest; down-sampling takes a
+seeded subset without replacement. Because this runs after the split, a repeated example can never
+reach val or test. Each row gets a `copy` number (0 for the first) so repeated ids stay traceable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+import numpy as np
+import pyarrow as pa
+from pydantic import field_validator
+
+from sftpipe.core.accounting import Tally
+from sftpipe.core.config import Section
+
+
+class MixParams(Section):
+    weights: dict[str, float] = {}
+    """Relative weight per source (0 excludes it); a source not named keeps weight 1."""
+    train_size: int | None = None
+    """Rows in the mixed train split; null keeps the natural size (all available train rows)."""
+    val_size: int | None = None
+    """Down-sample val to at most this many rows (seeded, without replacement); null keeps all."""
+    test_size: int | None = None
+    """Down-sample test to at most this many rows; null keeps all."""
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in weights.items() if v < 0}
+        if bad:
+            raise ValueError(f"weights must be >= 0 (got {bad})")
+        return weights
+
+
+class MixError(ValueError):
+    """Weights that cannot be applied (an unknown source, nothing left to train on)."""
+
+
+def targets(available: dict[str, int], weights: dict[str, float], size: int | None) -> dict[str, int]:
+    """Rows to take per source: shares from the weights, rounded by largest remainder so they sum to size."""
+    unknown = sorted(set(weights) - set(available))
+    if unknown:
+        raise MixError(f"mix.weights names sources with no train rows: {unknown} (have: {sorted(available)})")
+    w = {s: weights.get(s, 1.0) for s in available if weights.get(s, 1.0) > 0}
+    if not w:
+        raise MixError("mix.weights exclude every source: nothing to train on")
+    if size is None:
+        if all(v == 1.0 for v in w.values()):
+            return {s: available[s] for s in sorted(w)}
+        # Natural size, reweighted: as many rows as the kept sources have, shared by weight.
+        size = sum(available[s] for s in w)
+    total = sum(w.values())
+    exact = {s: size * w[s] / total for s in sorted(w)}
+    out = {s: math.floor(x) for s, x in exact.items()}
+    for s in sorted(exact, key=lambda s: (out[s] - exact[s], s))[: size - sum(out.values())]:
+        out[s] += 1
+    return out
+
+
+def _rng(seed: int, *parts: str) -> random.Random:
+    digest = hashlib.blake2b("\x1f".join((str(seed), *parts)).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
+def sample(n_rows: int, target: int, rng: random.Random) -> list[tuple[int, int]]:
+    """(row, copy) pairs: whole copies while they fit, then a random subset of the rows."""
+    whole, rest = divmod(target, n_rows) if n_rows else (0, 0)
+    picks = [(i, c) for c in range(whole) for i in range(n_rows)]
+    extra = rng.sample(range(n_rows), rest)
+    return picks + [(i, whole) for i in sorted(extra)]
+
+
+def train_rows(
+    ids: list[str], sources: list[str], params: MixParams, seed: int, tally: Tally
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Rows of the train split to write (in a seeded shuffled order), their copy numbers, and
+    per-source figures for the report.
+
+    Accounting: rows not picked are dropped (`downsampled`, `excluded_source`); extra copies of
+    picked rows count as `expanded`, so `in + expanded == out + dropped` holds.
+    """
+    rows_of: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        rows_of.setdefault(s, []).append(i)
+    available = {s: len(v) for s, v in sorted(rows_of.items())}
+    want = targets(available, params.weights, params.train_size)
+    idx, copies = [], []
+    for s, n in want.items():
+        for i, c in sample(available[s], n, _rng(seed, "mix", s)):
+            idx.append(rows_of[s][i])
+            copies.append(c)
+    order = sorted(
+        range(len(idx)),
+        key=lambda k: hashlib.blake2b(f"{seed}/{ids[idx[k]]}/{copies[k]}".encode(), digest_size=8).digest(),
+    )
+    rows = np.array([idx[k] for k in order], dtype=np.int64)
+    copy = np.array([copies[k] for k in order], dtype=np.int32)
+    tally.seen(len(ids))
+    tally.kept(len(rows))
+    for s in available:
+        distinct = min(want.get(s, 0), available[s])
+        tally.expand(want.get(s, 0) - distinct)
+        reason = "downsampled" if s in want else "excluded_source"
+        if available[s] - distinct:
+            tally.dropped[reason] += available[s] - distinct
+    total = sum(want.values()) or 1
+    report = {
+        s: {
+            "available": available[s],
+            "weight": params.weights.get(s, 1.0),
+            "target": want.get(s, 0),
+            "share": round(want.get(s, 0) / total, 6),
+            "upsampled": want.get(s, 0) > available[s],
+        }
+        for s in available
+    }
+    return rows, copy, report
+
+
+def eval_rows(sources: list[str], params: MixParams, seed: int, name: str, tally: Tally) -> np.ndarray:
+    """Rows val/test keep: their natural composition minus excluded sources, then down-sampled to
+    the split's size (seeded, without replacement, order kept)."""
+    tally.seen(len(sources))
+    excluded = {s for s, w in params.weights.items() if w == 0}
+    kept = [i for i, s in enumerate(sources) if s not in excluded]
+    if len(sources) > len(kept):
+        tally.dropped["excluded_source"] += len(sources) - len(kept)
+    size = params.val_size if name == "val" else params.test_size
+    if size is not None and len(kept) > size:
+        tally.dropped["downsampled"] += len(kept) - size
+        kept = [kept[k] for k in sorted(_rng(seed, "mix", name).sample(range(len(kept)), size))]
+    tally.kept(len(kept))
+    return np.array(kept, dtype=np.int64)
+
+
+def mix_train(train: pa.Table, params: MixParams, seed: int, tally: Tally) -> tuple[pa.Table, dict]:
+    """`train_rows` applied to a table in memory (the stage streams the same rows from disk)."""
+    rows, copy, report = train_rows(train["id"].to_pylist(), train["source"].to_pylist(), params, seed, tally)
+    return train.take(pa.array(rows)).append_column("copy", pa.array(copy)), report
+
+
+def mix_eval(table: pa.Table, params: MixParams, seed: int, name: str, tally: Tally) -> pa.Table:
+    """`eval_rows` applied to a table in memory."""
+    kept = table.take(pa.array(eval_rows(table["source"].to_pylist(), params, seed, name, tally)))
+    return kept.append_column("copy", pa.array(np.zeros(kept.num_rows, dtype=np.int32)))

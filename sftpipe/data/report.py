@@ -1,0 +1,224 @@
+"""report: the small git-tracked files a reviewer reads in a pull request.
+
+- reports/metrics.json: every stage's accounting, per-source and per-split counts, token lengths,
+  mix shares;
+- reports/manifest/<nnn>.tsv: one sorted line per final example (id, source, split, copies, content
+  hash), so `git diff` names every example added, removed, changed or moved between splits;
+- reports/samples/<source>.jsonl: a stable sample per source, chosen by a hash of the id;
+- reports/plots/*.csv (DVC plots) and *.png (for people reading the PR in a browser);
+- reports/dataset_card.md: a Hugging Face-style card, generated, never hand-edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sftpipe.core.config import Section
+from sftpipe.core.jsonio import atomic_path
+from sftpipe.io.columnar import batches, num_rows
+
+STAGES = ("distill", "clean", "dedup", "format", "split", "mix", "export")
+Split = pa.Table | Path  # a split in memory, or its Parquet file (read batch by batch)
+BINS = (0, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192)
+
+
+class ReportParams(Section):
+    samples_per_source: int = 5
+    """Examples per source in reports/samples/<source>.jsonl (chosen by id hash, stable)."""
+    manifest_shards: int = 1
+    """Files in reports/manifest/ (<nnn>.tsv, rows bucketed by id hash); raise it for large datasets."""
+    dataset_name: str = "sftpipe-dataset"
+    """Name in the dataset card."""
+
+
+def _h(text: str, n: int = 16) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:n]
+
+
+def manifest_rows(parts: dict[str, Split]) -> list[tuple[str, str, str, int, str]]:
+    """(id, source, split, copies, text hash) per distinct example, sorted by id."""
+    rows = {}
+    for split, src in parts.items():
+        seen: list[tuple[str, str, str]] = []
+        for batch in batches(src, ["id", "source", "text"]):
+            cols = [batch[c].to_pylist() for c in ("id", "source", "text")]
+            seen += [(rid, source, _h(text)) for rid, source, text in zip(*cols, strict=True)]
+        copies = Counter(rid for rid, _, _ in seen)
+        for rid, source, content in seen:
+            rows[rid] = (rid, source, split, copies[rid], content)
+    return [rows[k] for k in sorted(rows)]
+
+
+def write_manifest(rows: list[tuple], reports: Path, shards: int) -> None:
+    header = "id\tsource\tsplit\tcopies\tcontent_hash\n"
+    lines = [f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\t{r[4]}\n" for r in rows]
+    buckets: dict[int, list[str]] = defaultdict(list)
+    for r, line in zip(rows, lines, strict=True):
+        buckets[int(_h(r[0], 8), 16) % max(shards, 1)].append(line)
+    with atomic_path(reports / "manifest") as tmp:
+        tmp.mkdir()
+        for b in range(max(shards, 1)):
+            (tmp / f"{b:03d}.tsv").write_text(header + "".join(buckets[b]), encoding="utf-8")
+
+
+def samples(parts: dict[str, Split], k: int) -> dict[str, list[dict]]:
+    """Per source, the `k` examples with the smallest id hash: adding data moves nothing else.
+    Ids and sources decide; only the chosen rows' messages are read."""
+    by_source: dict[str, list[tuple[str, str, int, str]]] = defaultdict(list)
+    for split, src in parts.items():
+        seen = set()
+        for row, (rid, source) in enumerate(zip(*(_column(src, c) for c in ("id", "source")), strict=True)):
+            if rid not in seen:
+                seen.add(rid)
+                by_source[source].append((_h(rid), rid, row, split))
+    chosen = {s: sorted(v)[:k] for s, v in sorted(by_source.items())}
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for picks in chosen.values():
+        for _, _, row, split in picks:
+            wanted[split].add(row)
+    messages = {split: _values_at(parts[split], "messages", rows) for split, rows in wanted.items()}
+    return {
+        s: [
+            {"id": rid, "split": split, "messages": orjson.loads(messages[split][row])}
+            for _, rid, row, split in v
+        ]
+        for s, v in chosen.items()
+    }
+
+
+def _column(src: Split, name: str) -> list:
+    return [v for batch in batches(src, [name]) for v in batch[name].to_pylist()]
+
+
+def _values_at(src: Split, name: str, rows: set[int]) -> dict[int, object]:
+    """row -> value of one column, for a few rows, reading the column batch by batch."""
+    out, offset = {}, 0
+    for batch in batches(src, [name]):
+        hits = [r - offset for r in rows if offset <= r < offset + batch.num_rows]
+        for r, value in zip(hits, batch[name].take(pa.array(hits, pa.int64())).to_pylist(), strict=True):
+            out[r + offset] = value
+        offset += batch.num_rows
+    return out
+
+
+def lengths(parts: dict[str, Split]) -> dict[tuple[str, str], np.ndarray]:
+    """Token lengths by (split, source)."""
+    out = {}
+    for split, src in parts.items():
+        n, names = [], []
+        for batch in batches(src, ["source", "input_ids"]):
+            n.append(pc.list_value_length(batch["input_ids"]).to_numpy(zero_copy_only=False))
+            names += batch["source"].to_pylist()
+        n_all = np.concatenate(n) if n else np.zeros(0, int)
+        src_arr = np.asarray(names, dtype=object)
+        for s in sorted(set(names)):
+            out[(split, s)] = n_all[src_arr == s]
+    return out
+
+
+def languages(parts: dict[str, Split], min_share: float = 0.01) -> list[str]:
+    """Languages (meta.lang) of at least `min_share` of the examples."""
+    langs = Counter(orjson.loads(m).get("lang") for src in parts.values() for m in _column(src, "meta"))
+    total = sum(langs.values()) or 1
+    return sorted(str(k) for k, v in langs.items() if k and v / total >= min_share)
+
+
+def histogram_rows(by: dict[tuple[str, str], np.ndarray]) -> list[dict]:
+    rows = []
+    for (split, source), n in sorted(by.items()):
+        counts, _ = np.histogram(n, bins=[*BINS, np.inf])
+        rows += [
+            {"split": split, "source": source, "tokens_from": b, "count": int(c)}
+            for b, c in zip(BINS, counts, strict=True)
+        ]
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    cols = list(rows[0]) if rows else []
+    text = ",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def plot_pngs(plots: Path, by: dict[tuple[str, str], np.ndarray], shares: dict[str, float]) -> None:
+    """Token-length histograms per split and source, and mix shares, as PNGs (no timestamps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({s for s, _ in by})
+    fig, axes = plt.subplots(1, len(splits) or 1, figsize=(5 * max(len(splits), 1), 3.5), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=False):
+        for (sp, source), n in sorted(by.items()):
+            if sp == split and len(n):
+                ax.hist(n, bins=40, alpha=0.6, label=f"{source} ({len(n)})")
+        ax.set_title(f"{split}: tokens per example")
+        ax.set_xlabel("tokens")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(plots / "token_lengths.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * max(len(shares), 1)))
+    names = sorted(shares)
+    ax.barh(names, [shares[n] for n in names])
+    ax.set_xlabel("share of train")
+    ax.set_xlim(0, 1)
+    fig.tight_layout()
+    with atomic_path(plots / "mix_shares.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+
+
+def stage_reports(reports: Path) -> dict[str, dict]:
+    """Every stage's accounting, from reports/<stage>.json and reports/ingest/<source>.json."""
+    out = {}
+    for f in sorted((reports / "ingest").glob("*.json")):
+        r = orjson.loads(f.read_bytes())
+        out[f"ingest/{f.stem}"] = {k: r[k] for k in ("in", "out", "expanded", "dropped") if k in r}
+    for stage in STAGES:
+        f = reports / f"{stage}.json"
+        if f.exists():
+            r = orjson.loads(f.read_bytes())
+            out[stage] = {k: r[k] for k in ("in", "out", "expanded", "dropped") if k in r}
+    return out
+
+
+def metrics(parts: dict[str, Split], reports: Path, by: dict[tuple[str, str], np.ndarray]) -> dict:
+    from sftpipe.data.export import length_stats
+
+    splits = {}
+    for split, src in parts.items():
+        c = Counter(_column(src, "source"))
+        splits[split] = {"total": num_rows(src), "by_source": dict(sorted(c.items()))}
+    sources: dict[str, dict] = defaultdict(dict)
+    for split, v in splits.items():
+        for s, n in v["by_source"].items():
+            sources[s][split] = n
+    mix = (
+        orjson.loads((reports / "mix.json").read_bytes()).get("sources", {})
+        if (reports / "mix.json").exists()
+        else {}
+    )
+    tokens = {
+        split: length_stats(
+            np.concatenate([n for (sp, _), n in by.items() if sp == split] or [np.array([], int)]).tolist()
+        )
+        for split in parts
+    }
+    return {
+        "stages": stage_reports(reports),
+        "splits": splits,
+        "sources": dict(sorted(sources.items())),
+        "tokens": tokens,
+        "mix_shares": {s: v.get("share") for s, v in sorted(mix.items())},
+    }

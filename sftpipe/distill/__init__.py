@@ -1,0 +1,1 @@
+"""distill: LLM-generated pairs from knowledge slices, judged by LLMs."""

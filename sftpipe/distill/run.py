@@ -1,0 +1,652 @@
+"""distill: knowledge slices -> instruction-response pairs written by a generator LLM, scored by
+several judge LLMs, the good ones kept as canonical records (source "distill").
+
+Every slice (after chunking) x sample is one unit of accounting: `in` = slices x samples,
+`expanded` = extra chunks x samples, `out` = kept pairs, and each other unit is dropped with its
+reason (generation_failed, truncated, no_json, invalid_pair, judge_failed, low_score,
+too_few_votes). Outputs are ordered by slice and sample, never by completion order, and every
+answer comes from the request cache on a re-run, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import model_validator
+from tqdm import tqdm
+
+from sftpipe.core.accounting import Tally
+from sftpipe.core.config import Section
+from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
+from sftpipe.core.records import make_record, message
+from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
+from sftpipe.distill.llm import (
+    Balancer,
+    Endpoint,
+    EndpointSpec,
+    LLMClient,
+    Reply,
+    RequestCache,
+    identity_of,
+    read_key,
+    response_format,
+)
+from sftpipe.io.readers import Bad, ReadError, read_file
+
+SOURCE = "distill"
+DIMENSIONS = ("accuracy", "completeness", "logicality", "helpfulness", "safety")
+_FIELD = re.compile(r"\{(content|instruction|input|response)\}")
+
+SYSTEM_PROMPT = (
+    "You write training data for a helpful AI assistant. Reply with one JSON object with the keys "
+    '"instruction" (a question or task a learner would give about the passage), "input" (extra '
+    'context the task needs, or "") and "response" (a correct, complete answer based on the passage).'
+)
+PROMPT = "Passage:\n{content}\n\nWrite the JSON object for one new question about this passage."
+JUDGE_SYSTEM_PROMPT = (
+    "You are a strict reviewer of training data for an AI assistant. Score the response from 0 (very "
+    "bad) to 10 (excellent) on accuracy (agrees with the passage), completeness, logicality, "
+    "helpfulness and safety. Reply with one JSON object: a one-sentence rationale and the five scores."
+)
+JUDGE_PROMPT = (
+    "Passage:\n{content}\n\nInstruction:\n{instruction}\n\nInput:\n{input}\n\nResponse:\n{response}"
+)
+
+
+class JudgeSpec(EndpointSpec):
+    """One judge: an endpoint with a name (the name also varies its sampling seed)."""
+
+    name: str
+    """Judge name, used in scores and reports."""
+    temperature: float | None = None
+    """Sampling temperature of this judge; null = distill.judge_temperature."""
+
+
+class DistillParams(Section):
+    """The `distill:` section of params.yaml."""
+
+    enabled: bool = True
+    """false = write empty outputs and a balanced report without calling any model."""
+    slices: str = "data/knowledge/slices.jsonl"
+    """Knowledge slices: JSONL (or JSON/Parquet/CSV) rows {"id"?, "content", "metadata"?}."""
+    chunk_chars: int = 1500
+    """Longest chunk in characters; longer content is split on paragraph boundaries."""
+    samples_per_slice: int = 2
+    """Pairs generated per chunk."""
+    system_prompt: str = SYSTEM_PROMPT
+    """Generator system prompt."""
+    prompt: str = PROMPT
+    """Generator prompt template; {content} is the chunk."""
+    prompt_file: str | None = None
+    """File holding the generator prompt template (instead of `prompt`)."""
+    temperature: float = 0.8
+    """Generator sampling temperature."""
+    max_tokens: int = 384
+    """Most tokens the generator may write per pair."""
+    max_response_chars: int = 600
+    """Longest response in characters, enforced through the JSON schema where supported."""
+    judge_system_prompt: str = JUDGE_SYSTEM_PROMPT
+    """Judge system prompt."""
+    judge_prompt: str = JUDGE_PROMPT
+    """Judge prompt template; {content}, {instruction}, {input}, {response}."""
+    judge_prompt_file: str | None = None
+    """File holding the judge prompt template (instead of `judge_prompt`)."""
+    judge_temperature: float = 0.5
+    """Default judge sampling temperature."""
+    judge_max_tokens: int = 160
+    """Most tokens a judge may write per verdict."""
+    weights: dict[str, float] = dict.fromkeys(DIMENSIONS, 1.0)
+    """Weight of each score dimension in a judge's weighted average."""
+    min_score_threshold: float = 4.0
+    """Keep a pair when the judges' mean weighted score is at least this (0-10); 4 suits the 135M
+    default judges, real judges deserve 7-8..."""
+    min_votes: int = 1
+    """...and at least this many judges each give it a weighted score of at least the threshold."""
+    generator: EndpointSpec = EndpointSpec()
+    """The generator endpoint."""
+    judges: list[JudgeSpec] = [JudgeSpec(name="judge-a"), JudgeSpec(name="judge-b")]
+    """The judge endpoints."""
+    local: LocalServerSpec = LocalServerSpec()
+    """The local llama.cpp server used by endpoints whose base_url is null."""
+    cache_dir: str | None = ".cache/distill"
+    """Request cache folder (resume without repeating requests); null = no cache."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillParams:
+        if self.chunk_chars < 100 or self.samples_per_slice < 1:
+            raise ValueError("chunk_chars must be at least 100, samples_per_slice at least 1")
+        if (
+            set(self.weights) != set(DIMENSIONS)
+            or min(self.weights.values()) < 0
+            or not sum(self.weights.values())
+        ):
+            raise ValueError(f"weights: give a weight >= 0 for each of {', '.join(DIMENSIONS)}, not all 0")
+        names = [j.name for j in self.judges]
+        if not names or len(set(names)) != len(names) or "generator" in names:
+            raise ValueError("judges: give at least one judge, with unique names other than 'generator'")
+        if not 0 <= self.min_votes <= len(names):
+            raise ValueError(f"min_votes must be between 0 and the number of judges ({len(names)})")
+        if not 0 <= self.min_score_threshold <= 10:
+            raise ValueError("min_score_threshold must be between 0 and 10")
+        return self
+
+
+class DistillError(ValueError):
+    """Bad slices or prompt templates: one line naming the file, the line and the problem."""
+
+
+# --- slices and chunks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str  # "<slice id>" or "<slice id>#<k>" when the slice was split
+    slice_id: str
+    content: str
+    metadata: dict
+
+
+def chunk_text(text: str, limit: int) -> list[str]:
+    """Split `text` into chunks of at most `limit` characters, on paragraph boundaries; a paragraph
+    longer than `limit` is split between sentences, a sentence between words, a word anywhere."""
+    pieces: list[str] = []
+    for para in re.split(r"\n\s*\n", text.strip()):
+        para = para.strip()
+        if para:
+            pieces.extend([para] if len(para) <= limit else _split_long(para, limit))
+    return _pack(pieces, limit, "\n\n")
+
+
+def _split_long(para: str, limit: int) -> list[str]:
+    out: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", para):
+        if len(sentence) <= limit:
+            out.append(sentence)
+            continue
+        words: list[str] = []
+        for word in sentence.split():
+            words.extend(word[i : i + limit] for i in range(0, len(word), limit))
+        out.extend(_pack(words, limit, " "))
+    return _pack(out, limit, " ")
+
+
+def _pack(pieces: list[str], limit: int, sep: str) -> list[str]:
+    chunks: list[str] = []
+    for piece in pieces:
+        if chunks and len(chunks[-1]) + len(sep) + len(piece) <= limit:
+            chunks[-1] += sep + piece
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def read_slices(path: str | Path) -> list[dict]:
+    """The slices of `path` as {"id", "content", "metadata"}; an id is a content hash when absent."""
+    slices, seen = [], {}
+    if not Path(path).is_file():
+        raise DistillError(f"distill.slices: no such file {path}")
+    try:
+        rows = list(read_file(Path(path)))
+    except ReadError as exc:
+        raise DistillError(f"distill.slices: {exc}") from None
+    for where, row in rows:
+        pos = f"{where['file']}: line {where.get('line', where.get('index'))}"
+        if isinstance(row, Bad):
+            raise DistillError(f"{pos}: {row.reason}: {row.detail}")
+        content, sid, meta = row.get("content"), row.get("id"), row.get("metadata") or {}
+        if not isinstance(content, str) or not content.strip():
+            raise DistillError(f"{pos}: 'content' must be a non-empty string")
+        if not isinstance(meta, dict):
+            raise DistillError(f"{pos}: 'metadata' must be an object")
+        if sid is not None and (not isinstance(sid, str | int) or isinstance(sid, bool) or str(sid) == ""):
+            raise DistillError(f"{pos}: 'id' must be a non-empty string or an integer")
+        sid = (
+            str(sid)
+            if sid is not None
+            else "slice-" + hashlib.blake2b(content.encode(), digest_size=6).hexdigest()
+        )
+        if sid in seen:
+            raise DistillError(f"{pos}: id {sid!r} repeats the slice at {seen[sid]}")
+        seen[sid] = pos
+        slices.append({"id": sid, "content": content, "metadata": meta})
+    return slices
+
+
+def chunks_of(slices: list[dict], limit: int) -> list[Chunk]:
+    out = []
+    for s in slices:
+        parts = chunk_text(s["content"], limit)
+        for k, part in enumerate(parts, 1):
+            out.append(Chunk(s["id"] if len(parts) == 1 else f"{s['id']}#{k}", s["id"], part, s["metadata"]))
+    return out
+
+
+# --- prompts, schemas, parsing -------------------------------------------------------------------
+
+
+def template(params: DistillParams, judge: bool) -> str:
+    text, file = (
+        (params.judge_prompt, params.judge_prompt_file) if judge else (params.prompt, params.prompt_file)
+    )
+    key = "judge_prompt_file" if judge else "prompt_file"
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DistillError(f"distill.{key}: cannot read {file}: {exc.strerror}") from None
+    needed = {"instruction", "response"} if judge else {"content"}
+    if missing := needed - set(_FIELD.findall(text)):
+        where = f"distill.{key} ({file})" if file else f"distill.{'judge_prompt' if judge else 'prompt'}"
+        raise DistillError(f"{where}: the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return text
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """Replace the known {placeholders} only, so JSON examples in a template keep their braces."""
+    return _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def pair_schema(max_response_chars: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "instruction": {"type": "string", "minLength": 10, "maxLength": 300},
+            "input": {"type": "string", "maxLength": 400},
+            "response": {"type": "string", "minLength": 20, "maxLength": max_response_chars},
+        },
+        "required": ["instruction", "input", "response"],
+    }
+
+
+def verdict_schema() -> dict:
+    # Rationale first: a model that explains before it scores scores more consistently. Scores are
+    # enums because llama.cpp's schema grammar ignores minimum/maximum.
+    score = {"type": "integer", "enum": list(range(11))}
+    props: dict[str, Any] = {"rationale": {"type": "string", "minLength": 10, "maxLength": 160}}
+    props.update(dict.fromkeys(DIMENSIONS, score))
+    return {"type": "object", "properties": props, "required": ["rationale", *DIMENSIONS]}
+
+
+def json_objects(text: str) -> list[dict]:
+    """Every JSON object found in a model's answer, in order: the whole text, fenced blocks, and
+    objects embedded in prose (also Python-style dicts with single quotes); lists are unpacked."""
+    found: list[Any] = []
+    candidates = [text.strip()] + re.findall(r"```(?:json|JSON)?\s*(.*?)```", text, re.S)
+    for cand in candidates:
+        with contextlib.suppress(ValueError):
+            found.append(json.loads(cand, strict=False))
+    decoder = json.JSONDecoder(strict=False)  # small models put raw newlines inside strings
+    for m in re.finditer(r"[{\[]", text):
+        try:
+            obj, _ = decoder.raw_decode(text, m.start())
+        except ValueError:
+            if text[m.start()] == "{" and (block := _balanced(text, m.start())):
+                try:
+                    obj = ast.literal_eval(block)
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    continue
+            else:
+                continue
+        found.append(obj)
+    out: list[dict] = []
+    for obj in found:
+        for item in obj if isinstance(obj, list) else [obj]:
+            if isinstance(item, dict) and item not in out:
+                out.append(item)
+    return out
+
+
+def _balanced(text: str, start: int) -> str | None:
+    depth, quote, escaped = 0, None, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            escaped = not escaped and ch == "\\"
+            if ch == quote and not escaped:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    return None
+
+
+_ALIASES = {
+    "instruction": ("instruction", "question", "prompt", "query", "task"),
+    "input": ("input", "context"),
+    "response": ("response", "answer", "output", "completion"),
+}
+
+
+def _field(obj: dict, name: str) -> Any:
+    lower = {str(k).strip().lower(): v for k, v in obj.items()}
+    return next((lower[a] for a in _ALIASES[name] if a in lower), None)
+
+
+def parse_pair(reply: Reply) -> tuple[dict | None, str]:
+    """A pair {"instruction", "input", "response"} from a generator reply, or None and why not."""
+    if not reply.ok:
+        return None, "generation_failed"
+    objects = json_objects(reply.content)
+    nested = [v for o in objects for v in o.values() if isinstance(v, dict)]
+    for obj in objects + nested:
+        ins, inp, resp = _field(obj, "instruction"), _field(obj, "input"), _field(obj, "response")
+        if isinstance(ins, str) and isinstance(resp, str) and ins.strip() and resp.strip():
+            inp = inp.strip() if isinstance(inp, str) else ""
+            return {"instruction": ins.strip(), "input": inp, "response": resp.strip()}, "ok"
+    if objects:
+        return None, "invalid_pair"
+    return None, "truncated" if reply.finish_reason == "length" else "no_json"
+
+
+def parse_verdict(reply: Reply) -> tuple[dict | None, str]:
+    """{"scores": {dimension: 0-10}, "rationale"} from a judge reply, or None and why not."""
+    if not reply.ok:
+        return None, f"request_failed:{reply.error}"
+    objects = json_objects(reply.content)
+    for obj in objects + [v for o in objects for v in o.values() if isinstance(v, dict)]:
+        lower = {str(k).strip().lower(): v for k, v in obj.items()}
+        scores = {d: _score(lower.get(d)) for d in DIMENSIONS}
+        if all(v is not None for v in scores.values()):
+            rationale = next((v for o in objects for k, v in o.items() if k.lower() == "rationale"), "")
+            return {"scores": scores, "rationale": rationale if isinstance(rationale, str) else ""}, "ok"
+    if not objects:
+        return None, "truncated" if reply.finish_reason == "length" else "no_json"
+    return None, "bad_scores"
+
+
+def _score(value: Any) -> float | None:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
+        return None
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def weighted(scores: dict, weights: dict[str, float]) -> float:
+    return round(sum(weights[d] * scores[d] for d in DIMENSIONS) / sum(weights.values()), 4)
+
+
+def seed_for(seed: int, *parts: object) -> int:
+    """A per-request seed: stable for the same (seed, parts), different across samples and judges."""
+    blob = "/".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "big") & 0x7FFFFFFF
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    index: int
+    chunk: Chunk
+    sample: int
+    reply: Reply | None = None
+    pair: dict | None = None
+    status: str = ""
+    verdicts: dict[str, dict] = field(default_factory=dict)  # judge name -> scores or error
+    score: float | None = None  # mean weighted score over the judges that gave one
+    votes: int = 0  # judges whose weighted score reached the threshold
+
+    @property
+    def key(self) -> str:
+        return f"{self.chunk.id}/{self.sample}"
+
+
+class _Run:
+    def __init__(self, params: DistillParams, seed: int, generator: LLMClient, judges: dict[str, LLMClient]):
+        self.p, self.seed, self.gen, self.judges = params, seed, generator, judges
+        self.gen_template, self.judge_template = template(params, False), template(params, True)
+        self.gen_format = response_format(
+            params.generator.structured_output, "pair", pair_schema(params.max_response_chars)
+        )
+        self.specs = {j.name: j for j in params.judges}
+
+    def gen_request(self, unit: Unit) -> dict:
+        req = {
+            "messages": [
+                message("system", self.p.system_prompt),
+                message("user", fill(self.gen_template, {"content": unit.chunk.content})),
+            ],
+            "temperature": self.p.temperature,
+            "max_tokens": self.p.max_tokens,
+            "seed": seed_for(self.seed, "generate", unit.key),
+        }
+        return {**req, "response_format": self.gen_format} if self.gen_format else req
+
+    def judge_request(self, name: str, unit: Unit) -> dict:
+        spec = self.specs[name]
+        values = {"content": unit.chunk.content, **unit.pair}
+        req = {
+            "messages": [
+                message("system", self.p.judge_system_prompt),
+                message("user", fill(self.judge_template, values)),
+            ],
+            "temperature": self.p.judge_temperature if spec.temperature is None else spec.temperature,
+            "max_tokens": self.p.judge_max_tokens,
+            "seed": seed_for(self.seed, "judge", name, unit.key),
+        }
+        fmt = response_format(spec.structured_output, "verdict", verdict_schema())
+        return {**req, "response_format": fmt} if fmt else req
+
+    async def judge(self, name: str, unit: Unit) -> None:
+        verdict, why = parse_verdict(await self.judges[name].complete(self.judge_request(name, unit)))
+        if verdict is None:
+            unit.verdicts[name] = {"error": why}
+        else:
+            unit.verdicts[name] = {**verdict, "weighted": weighted(verdict["scores"], self.p.weights)}
+
+    async def unit(self, unit: Unit) -> Unit:
+        unit.reply = await self.gen.complete(self.gen_request(unit))
+        unit.pair, unit.status = parse_pair(unit.reply)
+        if unit.pair is not None:
+            await asyncio.gather(*(self.judge(name, unit) for name in self.judges))
+            unit.status = self.decide(unit)
+        return unit
+
+    def decide(self, unit: Unit) -> str:
+        valid = [v["weighted"] for v in unit.verdicts.values() if "weighted" in v]
+        if not valid:
+            return "judge_failed"
+        threshold = self.p.min_score_threshold
+        unit.score = round(sum(valid) / len(valid), 4)
+        unit.votes = sum(v >= threshold for v in valid)
+        if unit.score < threshold:
+            return "low_score"
+        return "kept" if unit.votes >= self.p.min_votes else "too_few_votes"
+
+    async def run(self, units: list[Unit]) -> None:
+        progress = tqdm(total=len(units), desc="distill", unit=" pair", disable=None)
+        for done in asyncio.as_completed([self.unit(u) for u in units]):
+            await done
+            progress.update()
+        progress.close()
+
+
+def _endpoints(params: DistillParams) -> list[tuple[str, EndpointSpec]]:
+    return [("generator", params.generator), *((j.name, j) for j in params.judges)]
+
+
+def _clients(
+    params: DistillParams, local_urls: list[str] | None, cache: RequestCache | None, cache_only: bool
+):
+    local = any(spec.base_url is None for _, spec in _endpoints(params))
+    ident = identity(params.local) if local else "local"
+    shared = Balancer(len(local_urls)) if local_urls else None  # the local servers serve every local endpoint
+
+    def client(name: str, spec: EndpointSpec) -> LLMClient:
+        if cache_only:  # no server to reach, only the cache keys matter
+            endpoint = Endpoint(name, [], spec, identity_of(spec, ident))
+        else:
+            endpoint = Endpoint.resolve(name, spec, local_urls, ident)
+        return LLMClient(endpoint, cache, shared if spec.base_url is None else None, cache_only)
+
+    return client("generator", params.generator), {j.name: client(j.name, j) for j in params.judges}
+
+
+async def _run_all(params, seed, units, local_urls, cache, cache_only=False) -> dict[str, Counter]:
+    gen, judges = _clients(params, local_urls, cache, cache_only)
+    try:
+        await _Run(params, seed, gen, judges).run(units)
+    finally:
+        for client in (gen, *judges.values()):
+            await client.close()
+    return {"generator": gen.stats, **{n: c.stats for n, c in judges.items()}}
+
+
+def _answer(params: DistillParams, seed: int, make_units, cache: RequestCache | None):
+    """Run every unit; local servers start only when the cache cannot answer every request (so
+    re-running after a change of threshold or weights takes seconds)."""
+    if not any(spec.base_url is None for _, spec in _endpoints(params)):
+        units = make_units()
+        return units, asyncio.run(_run_all(params, seed, units, None, cache))
+    if cache is not None:
+        units = make_units()
+        stats = asyncio.run(_run_all(params, seed, units, None, cache, cache_only=True))
+        if not any(s["misses"] for s in stats.values()):
+            return units, stats
+    units = make_units()
+    with local_servers(params.local, seed) as urls:
+        return units, asyncio.run(_run_all(params, seed, units, urls, cache))
+
+
+def distill(params: DistillParams, seed: int, out_dir: str | Path) -> tuple[Tally, dict]:
+    """Run the stage: write records, generated_raw, scored, rejected and metadata into `out_dir`
+    (atomically); return the tally and the metadata."""
+    slices = read_slices(params.slices) if params.enabled else []
+    chunks = chunks_of(slices, params.chunk_chars)
+    if params.enabled:  # fail on a bad template or a missing key before starting any server
+        template(params, False)
+        template(params, True)
+        for name, spec in _endpoints(params):
+            read_key(name, spec)
+    n = params.samples_per_slice
+
+    def make_units() -> list[Unit]:
+        return [Unit(i, c, s) for i, (c, s) in enumerate((c, s) for c in chunks for s in range(n))]
+
+    units, stats = make_units(), {}
+    if units:
+        cache = RequestCache(Path(params.cache_dir) / "requests.sqlite") if params.cache_dir else None
+        try:
+            units, stats = _answer(params, seed, make_units, cache)
+        finally:
+            if cache is not None:
+                cache.close()
+    for name, counts in stats.items():
+        print(f"distill {name}: {dict(sorted(counts.items()))}", file=sys.stderr)
+    return _write(params, slices, chunks, units, out_dir)
+
+
+def _write(params: DistillParams, slices, chunks, units: list[Unit], out_dir) -> tuple[Tally, dict]:
+    n = params.samples_per_slice
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with (
+            JsonlWriter(tmp / "records.jsonl") as records,
+            JsonlWriter(tmp / "generated_raw.jsonl") as raw,
+            JsonlWriter(tmp / "scored.jsonl") as scored,
+            JsonlWriter(tmp / "rejected.jsonl") as rejected,
+        ):
+            tally = Tally(rejected)
+            tally.seen(len(slices) * n)
+            tally.expand((len(chunks) - len(slices)) * n)
+            for u in sorted(units, key=lambda u: u.index):
+                raw.write({"slice": u.chunk.id, "sample": u.sample, **u.reply.as_dict()})
+                where = {"slice": u.chunk.id, "sample": u.sample}
+                if u.pair is None:
+                    tally.drop(u.status, {"content": u.reply.content, "error": u.reply.error}, **where)
+                    continue
+                record = _record(u)
+                judging = {"judges": dict(sorted(u.verdicts.items())), "score": u.score, "votes": u.votes}
+                scored.write({**where, "id": record["id"], **u.pair, **judging, "status": u.status})
+                if u.status == "kept":
+                    records.write(record)
+                    tally.kept()
+                else:
+                    tally.drop(u.status, record, **where)
+            tally.check()
+        metadata = _metadata(params, slices, chunks, units, tally)
+        write_json(tmp / "metadata.json", metadata)
+    return tally, metadata
+
+
+def _record(u: Unit) -> dict:
+    pair = u.pair
+    user = pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
+    meta = {
+        "format": SOURCE,
+        "slice": u.chunk.id,
+        "slice_id": u.chunk.slice_id,
+        "sample": u.sample,
+        "scores": {k: v["scores"] for k, v in u.verdicts.items() if "scores" in v},
+        "judges": sorted(u.verdicts),
+        "score": u.score,
+        "votes": u.votes,
+    }
+    if pair["input"]:
+        meta["alpaca_input"] = pair["input"]
+    if u.chunk.metadata:
+        meta["slice_metadata"] = u.chunk.metadata
+    return make_record(SOURCE, [message("user", user), message("assistant", pair["response"])], meta, u.key)
+
+
+def _metadata(params: DistillParams, slices, chunks, units: list[Unit], tally: Tally) -> dict:
+    per_judge: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    failures: dict[str, Counter] = defaultdict(Counter)
+    for u in units:
+        for name, v in u.verdicts.items():
+            if "scores" in v:
+                for d in DIMENSIONS:
+                    per_judge[name][d].append(v["scores"][d])
+                per_judge[name]["weighted"].append(v["weighted"])
+            else:
+                failures[name][v["error"]] += 1
+    scores = {
+        j.name: {
+            "n": len(per_judge[j.name]["weighted"]),
+            "failed": dict(sorted(failures[j.name].items())),
+            "mean": {d: round(sum(xs) / len(xs), 4) for d, xs in sorted(per_judge[j.name].items()) if xs},
+        }
+        for j in params.judges
+    }
+    generation = Counter(u.status if u.pair is None else "valid" for u in units)
+    failed = Counter(u.reply.error for u in units if u.reply is not None and not u.reply.ok)
+    kept = [u.score for u in units if u.status == "kept"]
+
+    def where(e: EndpointSpec) -> str:
+        return e.base_url or f"local:{Path(params.local.gguf or DEFAULT_GGUF).name}"
+
+    return {
+        "enabled": params.enabled,
+        "slices": len(slices),
+        "chunks": len(chunks),
+        "samples_per_slice": params.samples_per_slice,
+        "units": len(units),
+        "generator": {"model": params.generator.model, "endpoint": where(params.generator)},
+        "judges": [{"name": j.name, "model": j.model, "endpoint": where(j)} for j in params.judges],
+        "generation": dict(sorted(generation.items())),
+        "generation_errors": dict(sorted(failed.items())),
+        "scores": scores,
+        "kept": tally.n_out,
+        "mean_score_kept": round(sum(kept) / len(kept), 4) if kept else None,
+        "min_score_threshold": params.min_score_threshold,
+        "min_votes": params.min_votes,
+    }

@@ -1,0 +1,1 @@
+"""Reading sources: files and URLs, schema adapters, Parquet larger than memory."""

@@ -1,0 +1,42 @@
+"""ShareGPT: `conversations` of `{from, value}`; tool calls as `function_call` / `observation`.
+
+Unknown roles drop the whole conversation with a reason: guessing a speaker corrupts the labels.
+"""
+
+from sftpipe.core.records import message
+from sftpipe.io.schemas.base import Drop, list_field, orig_id, provenance
+
+FIELDS = ("conversations",)
+ROLE_MAP = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+    "assistant": "assistant", "model": "assistant", "function_call": "assistant",
+    "system": "system",
+    "observation": "tool", "tool": "tool",
+}  # fmt: skip
+
+
+def _turn(i: int, turn) -> dict:
+    if not isinstance(turn, dict):
+        raise Drop("wrong_type", f"turn {i} is {type(turn).__name__}, expected an object")
+    role = ROLE_MAP.get(turn.get("from"))
+    if role is None:
+        raise Drop("unknown_role", f"turn {i} is from {turn.get('from')!r}")
+    return message(role, turn.get("value") or "")
+
+
+def convert(row: dict) -> list[tuple]:
+    conv = list_field(row, "conversations")
+    try:
+        msgs = [{"role": ROLE_MAP[t["from"]], "content": t["value"] or ""} for t in conv]
+    except (KeyError, TypeError):
+        msgs = [_turn(i, t) for i, t in enumerate(conv)]  # slow path: find and name the bad turn
+    if any(type(m["content"]) is not str for m in msgs):
+        bad = next(i for i, m in enumerate(msgs) if type(m["content"]) is not str)
+        raise Drop("wrong_type", f"turn {bad} value is {type(msgs[bad]['content']).__name__}")
+    if not msgs:
+        raise Drop("empty_conversation")
+    system = row.get("system")
+    if isinstance(system, str) and system.strip():
+        msgs.insert(0, message("system", system))
+    return [(orig_id(row), msgs, provenance(row))]

@@ -1,0 +1,1 @@
+"""The model stages: base model, training, evaluation."""

@@ -1,0 +1,1 @@
+"""What runs around a stage but does not shape its outputs: the stage runner, MLflow tracking."""

@@ -1,0 +1,69 @@
+"""mix: weights, up- and down-sampling, exclusion, accounting, and no leak into val/test."""
+
+from collections import Counter
+
+import pytest
+
+from sftpipe.core.accounting import Tally
+from sftpipe.data.mix import MixError, MixParams, mix_eval, mix_train, sample, targets
+from sftpipe.data.mix import _rng as rng
+from tests.conftest import format_table
+
+
+def table(**sizes):
+    return format_table([{"id": f"{s}/{i}", "source": s} for s, n in sizes.items() for i in range(n)])
+
+
+def test_targets_by_weight_sum_to_size():
+    assert targets({"a": 100, "b": 50}, {}, None) == {"a": 100, "b": 50}
+    assert targets({"a": 100, "b": 50}, {"a": 1, "b": 3}, 200) == {"a": 50, "b": 150}
+    assert targets({"a": 10, "b": 10, "c": 10}, {}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert targets({"a": 100, "b": 50}, {"b": 0}, None) == {"a": 100}
+
+
+def test_unknown_or_all_zero_weights_fail():
+    with pytest.raises(MixError, match=r"names sources with no train rows: \['c'\]"):
+        targets({"a": 1}, {"c": 1}, None)
+    with pytest.raises(MixError, match="exclude every source"):
+        targets({"a": 1}, {"a": 0}, None)
+
+
+def test_sample_repeats_whole_copies_then_a_subset():
+    picks = sample(3, 7, rng(0, "x"))
+    assert sorted(Counter(i for i, _ in picks).values()) == [2, 2, 3]
+    assert sorted(c for _, c in picks) == [0, 0, 0, 1, 1, 1, 2]
+    assert len(set(sample(10, 4, rng(0, "x")))) == 4
+
+
+def test_mix_train_up_and_down_sampling_and_accounting():
+    t = Tally()
+    mixed, shares = mix_train(
+        table(a=10, b=40), MixParams(weights={"a": 1, "b": 1}, train_size=40), seed=1, tally=t
+    )
+    counts = Counter(mixed["source"].to_pylist())
+    assert counts == {"a": 20, "b": 20}
+    assert shares["a"] == {"available": 10, "weight": 1, "target": 20, "share": 0.5, "upsampled": True}
+    assert (t.n_in, t.n_out, t.expanded, dict(t.dropped)) == (50, 40, 10, {"downsampled": 20})
+    t.check()
+    a_ids = [i for i, s in zip(mixed["id"].to_pylist(), mixed["source"].to_pylist(), strict=True) if s == "a"]
+    assert Counter(a_ids) == {f"a/{i}": 2 for i in range(10)}
+    assert sorted(mixed["copy"].to_pylist()).count(1) == 10
+
+
+def test_mix_is_deterministic_and_seeded():
+    p = MixParams(weights={"a": 2}, train_size=30)
+    one = mix_train(table(a=20, b=20), p, 5, Tally())[0]
+    assert one.equals(mix_train(table(a=20, b=20), p, 5, Tally())[0])
+    assert not one.equals(mix_train(table(a=20, b=20), p, 6, Tally())[0])
+
+
+def test_eval_splits_keep_natural_composition_minus_excluded():
+    t = Tally()
+    out = mix_eval(table(a=10, b=5, c=5), MixParams(weights={"c": 0, "a": 5}, val_size=12), 1, "val", t)
+    assert set(out["source"].to_pylist()) <= {"a", "b"}  # weights don't reshape eval splits; c is out
+    assert out["id"].to_pylist() == sorted(
+        out["id"].to_pylist(), key=lambda i: (i[0], int(i[2:]))
+    )  # order kept
+    assert out.num_rows == 12 and set(out["copy"].to_pylist()) == {0}
+    assert dict(t.dropped) == {"excluded_source": 5, "downsampled": 3}
+    t.check()

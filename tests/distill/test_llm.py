@@ -1,0 +1,222 @@
+"""The LLM client against a real HTTP server on loopback (tests/fake_openai.py): retries on 5xx,
+429 with Retry-After, timeouts, malformed and truncated bodies, a server killed mid-run; failures
+recorded after the cap, never raised; the request cache; the concurrency cap; keys from the
+environment. In-memory and loopback only, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import pytest
+
+from sftpipe.distill.llm import (
+    Balancer,
+    Endpoint,
+    EndpointError,
+    EndpointSpec,
+    LLMClient,
+    RequestCache,
+    _retry_after,
+)
+from tests.fake_openai import FakeOpenAI, body_key
+
+
+def client(url: str, cache: RequestCache | None = None, **spec) -> LLMClient:
+    spec = {"backoff_s": 0.01, "backoff_max_s": 5.0, "timeout_s": 5.0, **spec}
+    return LLMClient(Endpoint.resolve("test", EndpointSpec(base_url=url, model="m", **spec)), cache)
+
+
+def request(i: int = 0) -> dict:
+    return {
+        "messages": [{"role": "user", "content": f"Passage:\nText number {i}.\n\nWrite it."}],
+        "temperature": 0.0,
+        "seed": i,
+    }
+
+
+def sent(i: int = 0) -> dict:
+    """The body the server receives for `request(i)` (the client adds the model)."""
+    return {"model": "m", **request(i)}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _complete(c: LLMClient, reqs: list[dict]):
+    try:
+        return await asyncio.gather(*(c.complete(r) for r in reqs))
+    finally:
+        await c.close()
+
+
+def test_retries_5xx_then_succeeds():
+    with FakeOpenAI(lambda body, n: ("status", 500) if n < 2 else "ok") as srv:
+        c = client(srv.url)
+        [reply] = run(_complete(c, [request()]))
+        assert reply.ok and reply.content.startswith('{"instruction": "What does the guide say about Text')
+        assert len(srv.requests_for(body_key(sent()))) == 3
+        assert c.stats["retries"] == 2 and c.stats["error:http_500"] == 2 and c.stats["requests"] == 3
+
+
+def test_429_honours_retry_after():
+    with FakeOpenAI(lambda body, n: ("status", 429, 1) if n == 0 else "ok") as srv:
+        c = client(srv.url, backoff_s=0.0)
+        [reply] = run(_complete(c, [request()]))
+        first, second = srv.requests_for(body_key(sent()))
+        assert reply.ok and c.stats["error:rate_limited"] == 1
+        assert second["t"] - first["t"] >= 0.95  # waited the server's Retry-After, not the 0 s backoff
+
+
+def test_timeout_is_retried():
+    with FakeOpenAI(lambda body, n: ("sleep", 1.5) if n == 0 else "ok") as srv:
+        c = client(srv.url, timeout_s=0.4)
+        start = time.monotonic()
+        [reply] = run(_complete(c, [request()]))
+        assert reply.ok and c.stats["error:timeout"] == 1
+        assert len(srv.requests_for(body_key(sent()))) == 2 and time.monotonic() - start < 1.4
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("malformed", "bad_response"), ("truncated", "bad_response"), ("short", "connection")],
+)
+def test_broken_bodies_are_retried(fault, reason):
+    with FakeOpenAI(lambda body, n: fault if n < 2 else "ok") as srv:
+        c = client(srv.url)
+        [reply] = run(_complete(c, [request()]))
+        assert reply.ok and c.stats[f"error:{reason}"] == 2 and c.stats["retries"] == 2
+
+
+def test_failure_after_the_cap_is_recorded_not_raised():
+    with FakeOpenAI(lambda body, n: ("status", 503)) as srv:
+        c = client(srv.url, max_attempts=3)
+        replies = run(_complete(c, [request(0), request(1)]))
+        assert [(r.ok, r.error, r.content) for r in replies] == [(False, "http_503", "")] * 2
+        assert srv.n_requests == 6 and c.stats["failed"] == 2
+
+
+def test_client_errors_are_not_retried():
+    with FakeOpenAI(lambda body, n: ("status", 400)) as srv:
+        c = client(srv.url, max_attempts=4)
+        [reply] = run(_complete(c, [request()]))
+        assert (reply.ok, reply.error) == (False, "http_400") and srv.n_requests == 1
+
+
+def test_cache_answers_completed_requests_across_runs(tmp_path):
+    with FakeOpenAI(lambda body, n: ("status", 500) if body["seed"] == 2 else "ok") as srv:
+        cache = RequestCache(tmp_path / "c.sqlite")
+        first = run(_complete(client(srv.url, cache, max_attempts=2), [request(i) for i in range(3)]))
+        cache.close()
+        assert [r.ok for r in first] == [True, True, False] and srv.n_requests == 4
+        cache = RequestCache(tmp_path / "c.sqlite")  # a new process, as after a crash
+        assert len(cache) == 2
+        c = client(srv.url, cache, max_attempts=2)
+        again = run(_complete(c, [request(i) for i in range(3)]))
+        assert [r.content for r in again[:2]] == [r.content for r in first[:2]]
+        assert [r.cached for r in again] == [True, True, False]
+        # Only the failed request went to the server again; the completed ones were not repeated.
+        assert srv.n_requests == 6 and c.stats["cache_hits"] == 2
+        cache.close()
+
+
+def test_cache_keys_on_endpoint_model_and_request(tmp_path):
+    base = RequestCache.key("http://a/v1", {"model": "m", **request()})
+    assert base == RequestCache.key("http://a/v1", {"model": "m", **request()})
+    assert base != RequestCache.key("http://b/v1", {"model": "m", **request()})
+    assert base != RequestCache.key("http://a/v1", {"model": "n", **request()})
+    assert base != RequestCache.key("http://a/v1", {"model": "m", **request(1)})
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrency_never_exceeds_max_concurrent(limit):
+    with FakeOpenAI(delay=0.15) as srv:
+        c = client(srv.url, max_concurrent=limit)
+        replies = run(_complete(c, [request(i) for i in range(9)]))
+        assert all(r.ok for r in replies)
+        assert srv.max_inflight == limit  # reached, never passed
+
+
+def test_server_killed_mid_run_then_resume(tmp_path):
+    cache = RequestCache(tmp_path / "c.sqlite")
+    srv = FakeOpenAI(delay=0.2)
+    port = srv.port
+
+    async def scenario():
+        c = client(srv.url, cache, max_attempts=2, timeout_s=2.0)
+        tasks = [asyncio.create_task(c.complete(request(i))) for i in range(6)]
+        while sum(srv.completed.values()) < 2:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(srv.stop)  # the server dies with requests queued behind it
+        try:
+            return await asyncio.gather(*tasks), c
+        finally:
+            await c.close()
+
+    replies, c = run(scenario())
+    done = {i for i, r in enumerate(replies) if r.ok}
+    assert len(done) >= 2 and len(done) < 6  # some finished, the rest failed: recorded, not raised
+    assert {r.error for r in replies if not r.ok} == {"connection"}
+
+    with FakeOpenAI(port=port) as again:
+        c = client(again.url, cache, max_attempts=2)
+        replies = run(_complete(c, [request(i) for i in range(6)]))
+        assert all(r.ok for r in replies)
+        seen = {k for k, v in again.seen.items() if v}
+        assert seen == {body_key(sent(i)) for i in range(6) if i not in done}  # none repeated
+    cache.close()
+
+
+def test_api_key_from_environment_never_in_repr(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    spec = EndpointSpec(base_url="http://127.0.0.1:9/v1", api_key_env="SFTPIPE_TEST_KEY")
+    monkeypatch.delenv("SFTPIPE_TEST_KEY", raising=False)
+    with pytest.raises(EndpointError, match="SFTPIPE_TEST_KEY"):
+        Endpoint.resolve("judge", spec)
+    (tmp_path / ".env").write_text("SFTPIPE_TEST_KEY=sk-from-dotenv\n")
+    endpoint = Endpoint.resolve("judge", spec)
+    assert endpoint.api_key == "sk-from-dotenv" and "sk-from" not in repr(endpoint)
+    monkeypatch.setenv("SFTPIPE_TEST_KEY", "sk-secret-123")
+    with FakeOpenAI() as srv:
+        spec = EndpointSpec(base_url=srv.url, api_key_env="SFTPIPE_TEST_KEY")
+        c = LLMClient(Endpoint.resolve("judge", spec))
+        run(_complete(c, [request()]))
+        assert srv.auth == ["Bearer sk-secret-123"]
+
+
+def test_retry_after_forms():
+    assert _retry_after({"retry-after": "2"}) == 2.0
+    assert _retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert _retry_after({}) is None and _retry_after({"retry-after": "soon"}) is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < _retry_after({"retry-after": later}) <= 30
+
+
+def test_local_endpoint_needs_a_server():
+    with pytest.raises(EndpointError, match="no local server"):
+        Endpoint.resolve("generator", EndpointSpec())
+    e = Endpoint.resolve(
+        "generator", EndpointSpec(), ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"], "local:x"
+    )
+    assert e.urls == ["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"] and e.identity == "local:x"
+
+
+def test_requests_spread_over_local_servers():
+    with FakeOpenAI(delay=0.15) as a, FakeOpenAI(delay=0.15) as b:
+        spec = EndpointSpec(max_concurrent=2, backoff_s=0.01)
+        shared = Balancer(2)
+        gen = LLMClient(Endpoint.resolve("generator", spec, [a.url, b.url], "local:x"), balancer=shared)
+        judge = LLMClient(Endpoint.resolve("judge", spec, [a.url, b.url], "local:x"), balancer=shared)
+
+        async def both():
+            try:
+                return await asyncio.gather(*(c.complete(request(i)) for i in range(4) for c in (gen, judge)))
+            finally:
+                await gen.close()
+                await judge.close()
+
+        assert all(r.ok for r in run(both()))
+        # Four in flight at most (two per client), two per server: one balancer for both clients.
+        assert (a.n_requests, b.n_requests) == (4, 4) and a.max_inflight == b.max_inflight == 2

@@ -33,6 +33,7 @@ from pydantic import field_validator
 from tqdm import tqdm
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.io.sources import NAME
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
@@ -103,7 +104,7 @@ class PublishParams(Section):
         return name
 
 
-class PublishError(RuntimeError):
+class PublishError(SftpipeError, RuntimeError):
     """Publishing cannot proceed (missing input, credentials or target); the message is one line."""
 
 

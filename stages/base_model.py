@@ -9,7 +9,7 @@ import time
 
 from sftpipe.core.jsonio import write_json
 from sftpipe.core.params import load_params
-from sftpipe.model.base_model import ModelParams, ModelSourceError, materialize, resolve
+from sftpipe.model.base_model import ModelParams, materialize, resolve
 from sftpipe.runtime import cli, tracking
 
 
@@ -36,5 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(ModelSourceError)
     cli.run(main)

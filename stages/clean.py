@@ -6,9 +6,8 @@ that exists; writes data/interim/clean/{records,rejected}.jsonl and reports/clea
 
 import argparse
 
-from sftpipe.core.engine import EngineError
 from sftpipe.core.params import load_params
-from sftpipe.data.clean.rules import CleanError, CleanParams, clean, input_files
+from sftpipe.data.clean.rules import CleanParams, clean, input_files
 from sftpipe.io.sources import Sources
 from sftpipe.runtime import cli
 
@@ -36,5 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(CleanError, EngineError)
     cli.run(main, stage="clean")

@@ -8,11 +8,8 @@ reports/dedup.json and reports/dedup_clusters.jsonl.
 import argparse
 from pathlib import Path
 
-from sftpipe.core.engine import EngineError
 from sftpipe.core.params import load_params
-from sftpipe.data.dedup.decontam import EvalSetError
 from sftpipe.data.dedup.dedup import DedupParams, dedup
-from sftpipe.data.dedup.semantic import ModelError
 from sftpipe.runtime import cli
 
 
@@ -47,5 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(EngineError, EvalSetError, ModelError, FileNotFoundError)
     cli.run(main, stage="dedup")

@@ -8,9 +8,7 @@ reports/distill.json. With no base_url configured it runs a local llama.cpp serv
 import argparse
 
 from sftpipe.core.params import load_params
-from sftpipe.distill.llama_server import LocalServerError
-from sftpipe.distill.llm import EndpointError
-from sftpipe.distill.run import DistillError, DistillParams, distill
+from sftpipe.distill.run import DistillParams, distill
 from sftpipe.runtime import cli
 
 
@@ -36,5 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(DistillError, EndpointError, LocalServerError)
     cli.run(main, stage="distill")

@@ -10,7 +10,6 @@ import argparse
 from sftpipe.core.jsonio import write_json
 from sftpipe.core.params import load_params
 from sftpipe.model.evaluate import EvaluateParams, evaluate
-from sftpipe.model.train import TrainError
 from sftpipe.runtime import cli, tracking
 
 
@@ -40,5 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(TrainError)
     cli.run(main)

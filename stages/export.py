@@ -16,7 +16,7 @@ from sftpipe.core.jsonio import atomic_path, write_json
 from sftpipe.core.params import load_params
 from sftpipe.data.clean.rules import CleanParams
 from sftpipe.data.dedup.dedup import DedupParams
-from sftpipe.data.export import ExportParams, SanityError, metadata, sanity, survey, write_outputs
+from sftpipe.data.export import ExportParams, metadata, sanity, survey, write_outputs
 from sftpipe.data.format.formatter import FormatParams
 from sftpipe.data.mix import MixParams
 from sftpipe.data.split import SPLITS, SplitParams
@@ -68,5 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(SanityError)
     cli.run(main, stage="export")

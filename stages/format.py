@@ -7,11 +7,8 @@ with `workers` processes (params.yaml); the outputs do not depend on either.
 
 import argparse
 
-from sftpipe.core.engine import EngineError
 from sftpipe.core.params import load_params
-from sftpipe.data.format.formatter import FormatError, FormatParams, SanityError, format_file
-from sftpipe.data.format.templates import TemplateError
-from sftpipe.data.format.tokenizer import TokenizerError
+from sftpipe.data.format.formatter import FormatParams, format_file
 from sftpipe.runtime import cli
 
 
@@ -38,5 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(EngineError, FormatError, SanityError, TemplateError, TokenizerError)
     cli.run(main, stage="format")

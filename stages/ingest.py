@@ -7,10 +7,9 @@ import argparse
 from pathlib import Path
 
 from sftpipe.core.config import ParamsError
-from sftpipe.core.engine import EngineError
 from sftpipe.core.params import load_params
-from sftpipe.data.ingest import IngestError, ingest
-from sftpipe.io.sources import SourceError, Sources, digest
+from sftpipe.data.ingest import ingest
+from sftpipe.io.sources import Sources, digest
 from sftpipe.runtime import cli
 
 
@@ -40,5 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(EngineError, IngestError, SourceError)
     cli.run(main, stage="ingest")

@@ -13,7 +13,7 @@ import pyarrow as pa
 from sftpipe.core.accounting import Tally
 from sftpipe.core.jsonio import atomic_path, write_json
 from sftpipe.core.params import load_params
-from sftpipe.data.mix import MixError, MixParams, eval_rows, train_rows
+from sftpipe.data.mix import MixParams, eval_rows, train_rows
 from sftpipe.data.split import SPLITS, counts
 from sftpipe.io.columnar import read_column, write_rows
 from sftpipe.runtime import cli
@@ -56,5 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(MixError)
     cli.run(main, stage="mix")

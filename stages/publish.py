@@ -13,7 +13,7 @@ from pathlib import Path
 from sftpipe.core.accounting import Tally
 from sftpipe.core.params import load_params
 from sftpipe.model.train import TrainParams
-from sftpipe.publish import PublishError, PublishParams, check_urls, publish
+from sftpipe.publish import PublishParams, check_urls, publish
 from sftpipe.runtime import cli
 
 
@@ -51,5 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(PublishError)
     cli.run(main, stage="publish")

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from sftpipe.core.accounting import Tally
 from sftpipe.core.jsonio import atomic_path
 from sftpipe.core.params import load_params
-from sftpipe.data.split import SPLITS, LeakageError, SplitParams, counts, overlap, split
+from sftpipe.data.split import SPLITS, SplitParams, counts, overlap, split
 from sftpipe.io.columnar import write_many
 from sftpipe.runtime import cli
 
@@ -42,5 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(LeakageError)
     cli.run(main, stage="split")

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from sftpipe.core.params import load_params
-from sftpipe.model.train import TrainError, TrainParams, train, write_outputs
+from sftpipe.model.train import TrainParams, train, write_outputs
 from sftpipe.runtime import cli, tracking
 
 
@@ -64,5 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.register(TrainError)
     cli.run(main)

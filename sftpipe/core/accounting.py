@@ -10,10 +10,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, write_json
 
 
-class AccountingError(AssertionError):
+class AccountingError(SftpipeError, AssertionError):
     """The counts do not balance: a record was lost or counted twice."""
 
 

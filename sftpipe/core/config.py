@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from sftpipe.core.errors import SftpipeError
+
 
 class Section(BaseModel):
     """A params section: unknown keys and silent coercions (3 -> "3") are errors."""
@@ -22,7 +24,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
-class ParamsError(ValueError):
+class ParamsError(SftpipeError, ValueError):
     """params.yaml does not match what the code expects; the message names the key path."""
 
 

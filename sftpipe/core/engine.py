@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sftpipe.core.errors import SftpipeError
+
 Engine = Literal["local", "ray"]
 BLOCK = 16 << 20  # bytes read at a time while counting lines
 
 
-class EngineError(RuntimeError):
+class EngineError(SftpipeError, RuntimeError):
     """The engine cannot start (Ray missing, cluster unreachable)."""
 
 

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
 from sftpipe.data.split import _hash
 
@@ -61,7 +62,7 @@ class ExportParams(Section):
     """Rows per split decoded and compared with their rendered text by the sanity checks."""
 
 
-class SanityError(AssertionError):
+class SanityError(SftpipeError, AssertionError):
     """The exported dataset fails a check a trainer relies on."""
 
 

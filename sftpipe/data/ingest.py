@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
 from sftpipe.core.records import make_record
 from sftpipe.io.readers import Bad, files_in, jsonl_row
@@ -18,7 +19,7 @@ from sftpipe.io.sources import SourceSpec, rows
 LINES_PER_PART = 2048
 
 
-class IngestError(ValueError):
+class IngestError(SftpipeError, ValueError):
     """Bad input under `on_bad_record: error` (or `on_truncated: error`): one line, file and position."""
 
 

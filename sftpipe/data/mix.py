@@ -17,6 +17,7 @@ from pydantic import field_validator
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 
 
 class MixParams(Section):
@@ -38,7 +39,7 @@ class MixParams(Section):
         return weights
 
 
-class MixError(ValueError):
+class MixError(SftpipeError, ValueError):
     """Weights that cannot be applied (an unknown source, nothing left to train on)."""
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import model_validator
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.io.columnar import ROW_GROUP, read_column, text_hashes
 
 SPLITS = ("train", "val", "test")
@@ -37,7 +38,7 @@ class SplitParams(Section):
         return self
 
 
-class LeakageError(AssertionError):
+class LeakageError(SftpipeError, AssertionError):
     """An example appears in more than one split."""
 
 

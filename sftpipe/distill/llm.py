@@ -30,6 +30,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import dumps
 
 StructuredOutput = Literal["llama_cpp", "openai", "json_mode", "off"]
@@ -66,7 +67,7 @@ class EndpointSpec(Section):
         return self
 
 
-class EndpointError(ValueError):
+class EndpointError(SftpipeError, ValueError):
     """An endpoint cannot be used as configured (e.g. its key's environment variable is unset)."""
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
 from sftpipe.core.records import make_record, message
 from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
@@ -141,7 +142,7 @@ class DistillParams(Section):
         return self
 
 
-class DistillError(ValueError):
+class DistillError(SftpipeError, ValueError):
     """Bad slices or prompt templates: one line naming the file, the line and the problem."""
 
 

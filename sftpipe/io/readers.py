@@ -17,6 +17,8 @@ from pathlib import Path
 
 import orjson
 
+from sftpipe.core.errors import SftpipeError
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 _WS = " \t\r\n"
 BOM = b"\xef\xbb\xbf"
@@ -31,7 +33,7 @@ class Bad:
     fatal_when: str = "on_bad_record"  # which params switch decides drop vs. error
 
 
-class ReadError(ValueError):
+class ReadError(SftpipeError, ValueError):
     """Input that cannot be read at all; the message names the file and the position."""
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, model_validator
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.io.readers import Bad, ReadError, files_in, kind_of, read_file
 from sftpipe.io.schemas import FORMATS
 
@@ -91,7 +92,7 @@ Sources = Annotated[dict[str, SourceSpec], AfterValidator(_names)]
 """The `sources:` section: input datasets by name; each is its own `ingest@<name>` stage."""
 
 
-class SourceError(RuntimeError):
+class SourceError(SftpipeError, RuntimeError):
     """A source cannot be read at all; the message is one line naming the source."""
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import atomic_path
 from sftpipe.runtime import tracking
 
@@ -42,7 +43,7 @@ class ModelParams(Section):
     """dtype of the saved weights (GGUF files are dequantized to float32)."""
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(SftpipeError, RuntimeError):
     """`model.source` cannot be loaded; the message is one line naming the source and why."""
 
 

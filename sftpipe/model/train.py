@@ -26,6 +26,7 @@ from pydantic import model_validator
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import atomic_path, dumps, loads
 
 Scheduler = Literal[
@@ -114,7 +115,7 @@ class TrainParams(Section):
         return self
 
 
-class TrainError(RuntimeError):
+class TrainError(SftpipeError, RuntimeError):
     """The data or base model cannot be trained on; one line naming what is wrong."""
 
 

@@ -8,18 +8,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sftpipe.core.accounting import AccountingError
-from sftpipe.core.config import ParamsError
-from sftpipe.io.readers import ReadError
+from sftpipe.core.errors import SftpipeError
 
 # Errors whose message already says what is wrong and where; anything else is a bug and keeps
-# its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ParamsError, ReadError, AccountingError)
-
-
-def register(*errors: type[BaseException]) -> None:
-    global USER_ERRORS
-    USER_ERRORS = USER_ERRORS + errors
+# its traceback. A missing file names itself.
+USER_ERRORS: tuple[type[BaseException], ...] = (SftpipeError, FileNotFoundError)
 
 
 def run(main: Callable[[], object], stage: str | None = None) -> None:

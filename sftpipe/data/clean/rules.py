@@ -27,6 +27,7 @@ from tqdm import tqdm
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.data.clean.pii import KINDS, Redactor
 from sftpipe.data.clean.textnorm import normalize, prose
@@ -45,7 +46,7 @@ BOILERPLATE = [
 ]
 
 
-class CleanError(ValueError):
+class CleanError(SftpipeError, ValueError):
     """A clean input is missing (its ingest has not run); one line naming the file."""
 
 

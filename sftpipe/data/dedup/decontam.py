@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sftpipe.core.errors import SftpipeError
 from sftpipe.data.dedup.minhash import shingles, tokenize
 from sftpipe.io.readers import Bad, ReadError, files_in, read_file
 
 
-class EvalSetError(ValueError):
+class EvalSetError(SftpipeError, ValueError):
     """An evaluation set named in params cannot be used (missing, unreadable, too many sets)."""
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from sftpipe.core.errors import SftpipeError
 
-class ModelError(RuntimeError):
+
+class ModelError(SftpipeError, RuntimeError):
     """The embedding model named in params cannot be found."""
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.data.format.templates import Rendered, Renderer, RenderError
 from sftpipe.data.format.tokenizer import (
@@ -85,11 +86,11 @@ class FormatParams(Section):
         return v
 
 
-class FormatError(ValueError):
+class FormatError(SftpipeError, ValueError):
     """The stage's input is missing or unreadable; the message names it."""
 
 
-class SanityError(AssertionError):
+class SanityError(SftpipeError, AssertionError):
     """A sanity check on the formatted rows failed; nothing was written."""
 
 

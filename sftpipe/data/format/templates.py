@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sftpipe.core.errors import SftpipeError
+
 ALPACA = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
@@ -41,7 +43,7 @@ _MARK = ("\ue000", "\ue001")
 _MARKER = re.compile(f"{_MARK[0]}(\\d+){_MARK[1]}")
 
 
-class TemplateError(ValueError):
+class TemplateError(SftpipeError, ValueError):
     """The chosen template cannot work with this tokenizer (a setting to change, not a record)."""
 
 

@@ -21,12 +21,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sftpipe.core.errors import SftpipeError
 from sftpipe.data.format.templates import Rendered
 
 IGNORE = -100
 
 
-class TokenizerError(ValueError):
+class TokenizerError(SftpipeError, ValueError):
     """The tokenizer folder is missing or unusable; the message says which and why."""
 
 

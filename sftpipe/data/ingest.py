@@ -12,7 +12,7 @@ from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
 from sftpipe.core.records import make_record
-from sftpipe.io.readers import Bad, files_in, jsonl_row
+from sftpipe.io.readers import files_in, jsonl_row
 from sftpipe.io.schemas import CONVERTERS, Drop, detect, oasst
 from sftpipe.io.sources import SourceSpec, rows
 
@@ -20,7 +20,7 @@ LINES_PER_PART = 2048
 
 
 class IngestError(SftpipeError, ValueError):
-    """Bad input under `on_bad_record: error` (or `on_truncated: error`): one line, file and position."""
+    """Drop input under `on_bad_record: error` (or `on_truncated: error`): one line, file and position."""
 
 
 def _position(where: dict) -> str:
@@ -30,22 +30,22 @@ def _position(where: dict) -> str:
 
 class _Convert:
     """Raw row -> outcome, with no state shared between rows, so it can run on any worker:
-    ("bad", where, reason, detail, row, switch) or ("ok", where, n_converted, items), each item
-    ("lang", messages, meta) for a record the lang filter drops, or ("rec", record)."""
+    ("drop", where, Drop, row) or ("ok", where, n_converted, items), each item ("lang", messages,
+    meta) for a record the lang filter drops, or ("rec", record)."""
 
     def __init__(self, name: str, spec: SourceSpec, fmt: str):
         self.name, self.spec, self.format = name, spec, fmt
 
-    def __call__(self, where: dict, row: dict | Bad) -> tuple:
-        if isinstance(row, Bad):
-            return "bad", where, row.reason, row.detail, None, row.fatal_when
+    def __call__(self, where: dict, row: dict | Drop) -> tuple:
+        if isinstance(row, Drop):
+            return "drop", where, row, None
         try:
             if self.format == "oasst":
                 converted = oasst.convert(row, mode=self.spec.mode, langs=self.spec.langs)
             else:
                 converted = CONVERTERS[self.format](row)
-        except Drop as exc:
-            return "bad", where, exc.reason, exc.detail, row, "on_bad_record"
+        except Drop as drop:
+            return "drop", where, drop, row
         langs, items = self.spec.langs, []
         for orig_id, messages, meta in converted:
             if langs and isinstance(meta.get("lang"), str) and meta["lang"] not in langs:
@@ -71,10 +71,10 @@ class _Ingest:
         self.ids: dict[str, int] = {}
         self._convert: _Convert | None = None
 
-    def bad(self, where: dict, reason: str, detail: str, row=None, switch: str = "on_bad_record") -> None:
-        if getattr(self.spec, switch) == "error":
-            raise IngestError(f"source {self.name}: {_position(where)}: {reason}: {detail}")
-        self.tally.drop(reason, row, **where, detail=detail)
+    def bad(self, where: dict, drop: Drop, row=None) -> None:
+        if getattr(self.spec, drop.fatal_when) == "error":
+            raise IngestError(f"source {self.name}: {_position(where)}: {drop.reason}: {drop.detail}")
+        self.tally.drop(drop.reason, row, **where, detail=drop.detail)
 
     def unique_id(self, rec_id: str) -> str:
         # Repeated ids (exact copies hashed alike, or a source's own repeats) stay distinct and
@@ -83,13 +83,15 @@ class _Ingest:
         self.ids[rec_id] = n
         return rec_id if n == 1 else f"{rec_id}~{n}"
 
-    def row(self, where: dict, row: dict | Bad) -> None:
+    def row(self, where: dict, row: dict | Drop) -> None:
         """Detect the schema on the first good row, then convert and apply."""
-        if self.format is None and not isinstance(row, Bad):
+        if self.format is None and not isinstance(row, Drop):
             self.format = detect(row)
             if self.format is None:
                 self.tally.seen()
-                return self.bad(where, "unknown_schema", f"no known schema has fields {sorted(row)[:8]}", row)
+                return self.bad(
+                    where, Drop("unknown_schema", f"no known schema has fields {sorted(row)[:8]}"), row
+                )
         if self._convert is None or self._convert.format != self.format:
             self._convert = _Convert(self.name, self.spec, self.format)
         self.apply(self._convert(where, row))
@@ -99,9 +101,8 @@ class _Ingest:
         if outcome[0] == "row":
             return self.row(*outcome[1:])
         self.tally.seen()
-        if outcome[0] == "bad":
-            _, where, reason, detail, row, switch = outcome
-            return self.bad(where, reason, detail, row, switch)
+        if outcome[0] == "drop":
+            return self.bad(*outcome[1:])
         _, where, n, items = outcome
         self.tally.expand(n - 1)
         for kind, *item in items:
@@ -139,7 +140,7 @@ def _first_format(files: list[str]) -> str | None:
     if not line.strip():
         return None
     _, row = jsonl_row(files[0], 1, line)
-    return None if isinstance(row, Bad) else detect(row)
+    return None if isinstance(row, Drop) else detect(row)
 
 
 def _outcomes(name: str, spec: SourceSpec, job: _Ingest, engine: Engine, workers: int):

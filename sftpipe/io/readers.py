@@ -1,7 +1,7 @@
 """Streaming readers for local files: JSON, JSONL (optionally gzipped), Parquet, CSV.
 
 Each yields `(where, row)` pairs: `where` locates the row for error messages and rejected files
-(`{"file", "line"}` or `{"file", "index"}`), and `row` is a dict or a `Bad` describing why the
+(`{"file", "line"}` or `{"file", "index"}`), and `row` is a dict or a `Drop` describing why the
 raw input could not become a row. Readers never stop at a bad row they can step over.
 """
 
@@ -11,26 +11,17 @@ import csv
 import gzip
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from json import JSONDecodeError, JSONDecoder
 from pathlib import Path
 
 import orjson
 
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.records import Drop
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 _WS = " \t\r\n"
 BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(frozen=True)
-class Bad:
-    """Raw input that is not a row: `reason` is the drop reason, `detail` says what is wrong."""
-
-    reason: str
-    detail: str
-    fatal_when: str = "on_bad_record"  # which params switch decides drop vs. error
 
 
 class ReadError(SftpipeError, ValueError):
@@ -62,21 +53,21 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if str(path).lower().endswith(".gz") else open(path, "rb")
 
 
-def read_file(path: Path, display: str | None = None) -> Iterator[tuple[dict, dict | Bad]]:
+def read_file(path: Path, display: str | None = None) -> Iterator[tuple[dict, dict | Drop]]:
     """Rows of one local file; `display` is the name used in messages (e.g. the original URL)."""
     name = display or str(path)
     reader = {"jsonl": _jsonl, "json": _json, "parquet": _parquet, "csv": _csv}[kind_of(path)]
     yield from reader(path, name)
 
 
-def _jsonl(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
+def _jsonl(path: Path, name: str) -> Iterator[tuple[dict, dict | Drop]]:
     with _open_bytes(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if (line[3:] if lineno == 1 and line.startswith(BOM) else line).strip():
                 yield jsonl_row(name, lineno, line)
 
 
-def jsonl_row(name: str, lineno: int, line: bytes) -> tuple[dict, dict | Bad]:
+def jsonl_row(name: str, lineno: int, line: bytes) -> tuple[dict, dict | Drop]:
     """One non-blank JSONL line as `(where, row)`."""
     if lineno == 1 and line.startswith(BOM):
         line = line[3:]
@@ -84,15 +75,15 @@ def jsonl_row(name: str, lineno: int, line: bytes) -> tuple[dict, dict | Bad]:
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return where, Bad("not_utf8", f"byte {exc.start}: {exc.reason}")
+        return where, Drop("not_utf8", f"byte {exc.start}: {exc.reason}")
     try:
         row = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return where, Bad("invalid_json", str(exc))
-    return where, row if isinstance(row, dict) else Bad("not_an_object", f"a {type(row).__name__}")
+        return where, Drop("invalid_json", str(exc))
+    return where, row if isinstance(row, dict) else Drop("not_an_object", f"a {type(row).__name__}")
 
 
-def _json(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
+def _json(path: Path, name: str) -> Iterator[tuple[dict, dict | Drop]]:
     with _open_bytes(path) as fh:
         data = fh.read()
     try:
@@ -117,12 +108,15 @@ def _json(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
         for key, rows in obj.items():
             for i, row in enumerate(rows):
                 where = {"file": name, "index": f"{key}[{i}]"}
-                yield where, row if isinstance(row, dict) else Bad("not_an_object", f"a {type(row).__name__}")
+                yield (
+                    where,
+                    row if isinstance(row, dict) else Drop("not_an_object", f"a {type(row).__name__}"),
+                )
     else:
         yield {"file": name, "index": 0}, obj
 
 
-def _array(text: str, pos: int, name: str, where_of) -> Iterator[tuple[dict, dict | Bad]]:
+def _array(text: str, pos: int, name: str, where_of) -> Iterator[tuple[dict, dict | Drop]]:
     """Elements of a JSON array one at a time, so a truncated tail loses only the last record."""
     decoder, n, i = JSONDecoder(), len(text), 0
     pos += 1
@@ -134,7 +128,7 @@ def _array(text: str, pos: int, name: str, where_of) -> Iterator[tuple[dict, dic
         if pos >= n:
             yield (
                 where_of(i),
-                Bad("truncated", f"array ends without ']' at byte {_byte(text, pos)}", "on_truncated"),
+                Drop("truncated", f"array ends without ']' at byte {_byte(text, pos)}", "on_truncated"),
             )
             return
         try:
@@ -147,14 +141,14 @@ def _array(text: str, pos: int, name: str, where_of) -> Iterator[tuple[dict, dic
             # The file ends inside this record: everything before it is intact.
             yield (
                 where_of(i),
-                Bad(
+                Drop(
                     "truncated",
                     f"file ends inside record {i}, which starts at byte {_byte(text, pos)}",
                     "on_truncated",
                 ),
             )
             return
-        yield where_of(i), row if isinstance(row, dict) else Bad("not_an_object", f"a {type(row).__name__}")
+        yield where_of(i), row if isinstance(row, dict) else Drop("not_an_object", f"a {type(row).__name__}")
         i += 1
         while pos < n and text[pos] in _WS:
             pos += 1
@@ -168,7 +162,7 @@ def _byte(text: str, pos: int) -> int:
     return len(text[:pos].encode("utf-8"))
 
 
-def _parquet(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
+def _parquet(path: Path, name: str) -> Iterator[tuple[dict, dict | Drop]]:
     import pyarrow.parquet as pq
 
     i = 0
@@ -178,7 +172,7 @@ def _parquet(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
             i += 1
 
 
-def _csv(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
+def _csv(path: Path, name: str) -> Iterator[tuple[dict, dict | Drop]]:
     with _open_bytes(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)
@@ -186,10 +180,13 @@ def _csv(path: Path, name: str) -> Iterator[tuple[dict, dict | Bad]]:
             for row in reader:
                 where = {"file": name, "line": reader.line_num}
                 if None in row:
-                    yield where, Bad("wrong_type", f"{len(row[None])} more fields than the header")
+                    yield where, Drop("wrong_type", f"{len(row[None])} more fields than the header")
                 else:
                     yield where, row
         except UnicodeDecodeError as exc:
             raise ReadError(f"{name}: after line {reader.line_num}: not UTF-8 ({exc.reason})") from None
         except csv.Error as exc:
             raise ReadError(f"{name}: line {reader.line_num}: {exc}") from None
+
+
+Bad = Drop  # the name distill still imports; to go with distill's move to Drop

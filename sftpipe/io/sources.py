@@ -18,7 +18,8 @@ from pydantic import AfterValidator, model_validator
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
-from sftpipe.io.readers import Bad, ReadError, files_in, kind_of, read_file
+from sftpipe.core.records import Drop
+from sftpipe.io.readers import ReadError, files_in, kind_of, read_file
 from sftpipe.io.schemas import FORMATS
 
 Format = Literal[FORMATS]  # type: ignore[valid-type]
@@ -96,7 +97,7 @@ class SourceError(SftpipeError, RuntimeError):
     """A source cannot be read at all; the message is one line naming the source."""
 
 
-def rows(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+def rows(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
     """Every raw row of a source, with where it came from."""
     try:
         if spec.hub:
@@ -112,7 +113,7 @@ def rows(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
         raise SourceError(f"source {name}: {exc}") from None
 
 
-def _package(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+def _package(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
     try:
         root = importlib.resources.files(spec.package)
     except ModuleNotFoundError:
@@ -126,7 +127,7 @@ def _package(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
         yield from read_file(Path(local), display=f"{spec.package}:{spec.file}")
 
 
-def _url(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+def _url(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
     import fsspec
 
     url = spec.url
@@ -141,7 +142,7 @@ def _url(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
         yield from read_file(local, display=url)
 
 
-def _hub(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Bad]]:
+def _hub(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
     import datasets
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

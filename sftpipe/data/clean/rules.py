@@ -29,6 +29,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
+from sftpipe.core.records import Drop
 from sftpipe.data.clean.pii import KINDS, Redactor
 from sftpipe.data.clean.textnorm import normalize, prose
 
@@ -124,11 +125,6 @@ class CleanParams(Section):
         return self
 
 
-class _Drop(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
-
-
 # What one record's pass produced: (cleaned record or None, drop reason or None, detail).
 Result = tuple[dict | None, str | None, str]
 
@@ -151,7 +147,7 @@ class Cleaner:
         try:
             for rule in self.rules:
                 msgs = rule(msgs, new_meta, changes, replaced)
-        except _Drop as drop:
+        except Drop as drop:
             return None, drop.reason, drop.detail
         if msgs is record["messages"] and new_meta == meta:
             return record, None, ""
@@ -172,12 +168,12 @@ class Cleaner:
             results.append(result)
         return results, changed, replaced
 
-    # --- the rules: (messages, meta, changes, replaced) -> messages, or raise _Drop ---
+    # --- the rules: (messages, meta, changes, replaced) -> messages, or raise Drop ---
 
     def _status(self, msgs, meta, changes, replaced):
         status = meta.get("status")
         if status is not None and status not in self.p.keep_status:
-            raise _Drop("status", f"status {status!r}")
+            raise Drop("status", f"status {status!r}")
         return msgs
 
     def _text(self, msgs, meta, changes, replaced):
@@ -194,7 +190,7 @@ class Cleaner:
     def _empties(self, msgs, meta, changes, replaced):
         kept = [m for m in msgs if m["content"].strip()]
         if not kept:
-            raise _Drop("empties.conversation", f"{len(msgs)} turns, all empty")
+            raise Drop("empties.conversation", f"{len(msgs)} turns, all empty")
         if len(kept) < len(msgs):
             changes.add("empties.turns")
             return kept
@@ -206,13 +202,13 @@ class Cleaner:
             # Tool results in a row are separate calls' outputs, not one message split in two.
             if out and out[-1]["role"] == m["role"] and m["role"] != "tool":
                 if self.p.consecutive == "drop":
-                    raise _Drop("roles.consecutive", f"turns {i - 1} and {i} are both {m['role']}")
+                    raise Drop("roles.consecutive", f"turns {i - 1} and {i} are both {m['role']}")
                 out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
                 changes.add("roles.merged")
             else:
                 out.append(m)
         if any(m["role"] == "system" for m in out[1:]):
-            raise _Drop("roles.late_system", "a system turn after the first turn")
+            raise Drop("roles.late_system", "a system turn after the first turn")
         is_text = meta.get("kind") == "text"  # a plain-text record is one assistant turn
         if not is_text:
             start = 1 if out and out[0]["role"] == "system" else 0
@@ -228,7 +224,7 @@ class Cleaner:
             changes.add("roles.trailing_user")
         roles = {m["role"] for m in out}
         if "assistant" not in roles or not (is_text or "user" in roles):
-            raise _Drop("roles.no_exchange", f"roles left: {[m['role'] for m in out]}")
+            raise Drop("roles.no_exchange", f"roles left: {[m['role'] for m in out]}")
         return out if out != msgs else msgs
 
     def _lengths(self, msgs, meta, changes, replaced):
@@ -238,13 +234,13 @@ class Cleaner:
             n = len(m["content"])
             total += n
             if n < p.min_turn_chars:
-                raise _Drop("lengths.turn_short", f"turn {i} ({m['role']}): {n} < {p.min_turn_chars} chars")
+                raise Drop("lengths.turn_short", f"turn {i} ({m['role']}): {n} < {p.min_turn_chars} chars")
             if p.max_turn_chars is not None and n > p.max_turn_chars:
-                raise _Drop("lengths.turn_long", f"turn {i} ({m['role']}): {n} > {p.max_turn_chars} chars")
+                raise Drop("lengths.turn_long", f"turn {i} ({m['role']}): {n} > {p.max_turn_chars} chars")
         if total < p.min_conversation_chars:
-            raise _Drop("lengths.conversation_short", f"{total} < {p.min_conversation_chars} chars")
+            raise Drop("lengths.conversation_short", f"{total} < {p.min_conversation_chars} chars")
         if p.max_conversation_chars is not None and total > p.max_conversation_chars:
-            raise _Drop("lengths.conversation_long", f"{total} > {p.max_conversation_chars} chars")
+            raise Drop("lengths.conversation_long", f"{total} > {p.max_conversation_chars} chars")
         return msgs
 
     def _boilerplate(self, msgs, meta, changes, replaced):
@@ -254,7 +250,7 @@ class Cleaner:
             if m["role"] == "assistant":
                 hit = self._boiler.search(m["content"])
                 if hit:
-                    raise _Drop("boilerplate", f"turn {i}: {hit.group(0)!r}")
+                    raise Drop("boilerplate", f"turn {i}: {hit.group(0)!r}")
         return msgs
 
     def _lang(self, msgs, meta, changes, replaced):
@@ -267,7 +263,7 @@ class Cleaner:
             changes.add("lang.detected")
         allowed = self.p.lang.allowed
         if lang not in allowed and lang.split("-")[0] not in allowed:
-            raise _Drop("lang", f"language {lang!r}")
+            raise Drop("lang", f"language {lang!r}")
         return msgs
 
     def _detect(self, msgs) -> str | None:

@@ -1,20 +1,13 @@
-"""What every schema adapter shares: the `Drop` signal and typed field access."""
+"""What every schema adapter shares: typed field access that raises `Drop` on bad fields."""
 
 from __future__ import annotations
 
-from sftpipe.core.records import message
+from sftpipe.core.records import Drop, message
+
+__all__ = ["Drop"]  # adapters import it from here
 
 # Provenance fields copied into `meta` when a record carries them.
 PROVENANCE = ("category", "status", "lang", "label", "license", "name")
-
-
-class Drop(Exception):
-    """This input record cannot become a canonical record; `reason` is the counted drop reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def text_field(row: dict, field: str, required: bool = True) -> str:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import file_md5
 from sftpipe.io.sources import NAME
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
@@ -297,11 +298,7 @@ def upload(files: dict[str, Path], store: StoreParams) -> dict[str, dict]:
             fs.put_file(str(path), target)
         except Exception as exc:  # botocore/aiohttp/OS errors alike: say which object and why
             raise PublishError(f"publish to {store.url}/{rel}: {_one_line(exc)}") from None
-        md5 = hashlib.md5()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                md5.update(chunk)
-        done[rel] = {"md5": md5.hexdigest(), "size": path.stat().st_size}
+        done[rel] = {"md5": file_md5([path]), "size": path.stat().st_size}
     return done
 
 

@@ -16,9 +16,25 @@ def test_every_param_is_documented():
     assert undocumented == []
 
 
-def test_ci_installs_from_requirements_and_runs_the_readme_test_command():
+def _block_after(readme: str, heading: str) -> list[str]:
+    """The commands of the first bash block under `heading`, comments stripped."""
+    block = readme.split(heading, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def test_ci_runs_exactly_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
+    ci_lines = [line.strip() for line in ci.splitlines()]
     readme = (ROOT / "README.md").read_text()
-    assert "pip install -r requirements.txt" in readme and "pip install -q -r requirements.txt" in ci
-    assert any(line.split("#")[0].strip() == "pytest" for line in readme.splitlines())
-    assert "\npytest\n" in ci
+    quickstart = _block_after(readme, "## Quickstart")
+    assert quickstart == ["pip install -r requirements-dev.txt", "dvc repro", "pytest"]
+    lint = [c for c in _block_after(readme, "## Developing") if not c.startswith("pytest")]
+    for command in quickstart + lint:
+        assert command in ci_lines, f".ci/run does not run the README command {command!r}"
+
+
+def test_setup_installs_what_the_tests_need():
+    dev = (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.txt" in dev
+    for tool in ("pytest", "ruff", "mypy"):
+        assert any(line.startswith(f"{tool}==") for line in dev), f"{tool} is not pinned in requirements-dev.txt"

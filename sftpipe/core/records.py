@@ -11,10 +11,11 @@ way every rule, adapter and reader says "not this, for this reason".
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal, NotRequired, TypedDict
 
 import orjson
+
+from sftpipe.core.hashing import hex_digest
 
 ROLES = ("system", "user", "assistant", "tool")
 Role = Literal["system", "user", "assistant", "tool"]
@@ -58,7 +59,7 @@ class Drop(Exception):
 def content_hash(messages: list[dict], n: int = 16) -> str:
     """Stable hash of a conversation's roles and texts (hex, `n` characters)."""
     blob = orjson.dumps([[m["role"], m["content"]] for m in messages])
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()[:n]
+    return hex_digest(blob, size=16)[:n]
 
 
 def make_record(

@@ -7,7 +7,6 @@ reach val or test. Each row gets a `copy` number (0 for the first) so repeated i
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 
@@ -18,6 +17,7 @@ from pydantic import field_validator
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import digest
 
 
 class MixParams(Section):
@@ -65,8 +65,7 @@ def targets(available: dict[str, int], weights: dict[str, float], size: int | No
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
-    digest = hashlib.blake2b("\x1f".join((str(seed), *parts)).encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
+    return random.Random(int.from_bytes(digest(str(seed), *parts, size=8), "big"))
 
 
 def sample(n_rows: int, target: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -98,7 +97,7 @@ def train_rows(
             copies.append(c)
     order = sorted(
         range(len(idx)),
-        key=lambda k: hashlib.blake2b(f"{seed}/{ids[idx[k]]}/{copies[k]}".encode(), digest_size=8).digest(),
+        key=lambda k: digest(f"{seed}/{ids[idx[k]]}/{copies[k]}", size=8),
     )
     rows = np.array([idx[k] for k in order], dtype=np.int64)
     copy = np.array([copies[k] for k in order], dtype=np.int32)

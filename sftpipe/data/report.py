@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sftpipe.core.config import Section
+from sftpipe.core.hashing import hex_digest
 from sftpipe.core.jsonio import atomic_path
 from sftpipe.io.columnar import batches, num_rows
 
@@ -39,7 +39,7 @@ class ReportParams(Section):
 
 
 def _h(text: str, n: int = 16) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:n]
+    return hex_digest(text, size=16)[:n]
 
 
 def manifest_rows(parts: dict[str, Split]) -> list[tuple[str, str, str, int, str]]:

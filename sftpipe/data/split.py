@@ -9,7 +9,6 @@ not a shuffled list, keeps the split stable: adding a source or a record moves n
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pydantic import model_validator
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import hex_digest
 from sftpipe.io.columnar import ROW_GROUP, read_column, text_hashes
 
 SPLITS = ("train", "val", "test")
@@ -43,7 +43,7 @@ class LeakageError(SftpipeError, AssertionError):
 
 
 def _hash(*parts: str) -> str:
-    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+    return hex_digest(*parts, size=12)
 
 
 class _UnionFind:

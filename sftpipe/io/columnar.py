@@ -12,7 +12,6 @@ and appended. Buckets hold whole row groups, so the file is what one `pq.write_t
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
+
+from sftpipe.core.hashing import hex_digest
 
 ROW_GROUP = 16384  # rows per Parquet row group of the split/mix outputs
 BUCKET_BYTES = 1 << 30  # uncompressed bytes of rows held in memory at a time
@@ -55,7 +56,7 @@ def text_hashes(path: str | Path, column: str = "text") -> list[str]:
     """blake2b-96 hex digest of every value of a (large) string column, read batch by batch."""
     out = []
     for batch in _batches(pq.ParquetFile(path), [column]):
-        out.extend(hashlib.blake2b(t.encode(), digest_size=12).hexdigest() for t in batch[column].to_pylist())
+        out.extend(hex_digest(t, size=12) for t in batch[column].to_pylist())
     return out
 
 

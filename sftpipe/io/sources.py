@@ -18,6 +18,7 @@ from pydantic import AfterValidator, model_validator
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import file_md5
 from sftpipe.core.records import Drop
 from sftpipe.io.readers import ReadError, files_in, kind_of, read_file
 from sftpipe.io.schemas import FORMATS
@@ -167,15 +168,9 @@ def _hub(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
 def digest(spec: SourceSpec) -> str:
     """What identifies the source's input: an md5 of local or packaged bytes, the URL's ETag or
     checksum when the store gives one, the hub id and revision otherwise."""
-    import hashlib
 
     def md5(paths: list[Path]) -> str:
-        h = hashlib.md5()
-        for p in paths:
-            with open(p, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    h.update(chunk)
-        return "md5:" + h.hexdigest()
+        return "md5:" + file_md5(paths)
 
     if spec.path:
         return md5(files_in(spec.path))

@@ -32,6 +32,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -361,12 +362,10 @@ def _dataset_input(spec: dict, run: StageRun):
     scalar = [name for name, feature in ds.features.items() if isinstance(feature, Value)]
     if scalar and len(scalar) < len(ds.column_names):
         ds = ds.select_columns(scalar)
-    ds = from_huggingface(
-        ds,
-        path=str(path),
-        name=spec["name"] or str(path),
-        digest=run.digest(path),
-    )
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; ours never miss one.
+        warnings.filterwarnings("ignore", message=r".*[Ii]nteger column", category=UserWarning)
+        ds = from_huggingface(ds, path=str(path), name=spec["name"] or str(path), digest=run.digest(path))
     return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, spec["context"])])
 
 

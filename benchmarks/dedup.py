@@ -50,8 +50,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sftpipe.data.dedup.dedup import conversation_text  # noqa: E402
 from sftpipe.data.dedup.minhash import as_text, shingles, tokenize  # noqa: E402
+from sftpipe.data.dedup.scan import conversation_text  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "corpora"
 VENV = ROOT / "benchmarks" / ".venv-datatrove"

@@ -15,7 +15,7 @@ from pathlib import Path
 from sftpipe.core.config import validate
 from sftpipe.core.params import Common, read
 from sftpipe.data.clean.rules import CleanParams
-from sftpipe.data.dedup.dedup import DedupParams
+from sftpipe.data.dedup.params import DedupParams
 from sftpipe.data.export import ExportParams
 from sftpipe.data.format.formatter import FormatParams
 from sftpipe.data.mix import MixParams

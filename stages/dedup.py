@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from sftpipe.core.params import load_params
-from sftpipe.data.dedup.dedup import DedupParams, dedup
+from sftpipe.data.dedup.run import DedupParams, dedup
 from sftpipe.runtime import cli
 
 

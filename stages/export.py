@@ -15,7 +15,7 @@ from sftpipe.core.accounting import Tally
 from sftpipe.core.jsonio import atomic_path, write_json
 from sftpipe.core.params import load_params
 from sftpipe.data.clean.rules import CleanParams
-from sftpipe.data.dedup.dedup import DedupParams
+from sftpipe.data.dedup.params import DedupParams
 from sftpipe.data.export import ExportParams, metadata, sanity, survey, write_outputs
 from sftpipe.data.format.formatter import FormatParams
 from sftpipe.data.mix import MixParams

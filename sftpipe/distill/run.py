@@ -10,24 +10,18 @@ answer comes from the request cache on a re-run, so the same inputs give the sam
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import contextlib
 import hashlib
-import json
-import re
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import model_validator
 from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
-from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
 from sftpipe.core.records import make_record, message
 from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
@@ -42,26 +36,21 @@ from sftpipe.distill.llm import (
     read_key,
     response_format,
 )
-from sftpipe.io.readers import Bad, ReadError, read_file
+from sftpipe.distill.parse import parse_pair, parse_verdict, weighted
+from sftpipe.distill.prompts import (
+    DIMENSIONS,
+    JUDGE_PROMPT,
+    JUDGE_SYSTEM_PROMPT,
+    PROMPT,
+    SYSTEM_PROMPT,
+    fill,
+    pair_schema,
+    template,
+    verdict_schema,
+)
+from sftpipe.distill.slices import Chunk, chunks_of, read_slices
 
 SOURCE = "distill"
-DIMENSIONS = ("accuracy", "completeness", "logicality", "helpfulness", "safety")
-_FIELD = re.compile(r"\{(content|instruction|input|response)\}")
-
-SYSTEM_PROMPT = (
-    "You write training data for a helpful AI assistant. Reply with one JSON object with the keys "
-    '"instruction" (a question or task a learner would give about the passage), "input" (extra '
-    'context the task needs, or "") and "response" (a correct, complete answer based on the passage).'
-)
-PROMPT = "Passage:\n{content}\n\nWrite the JSON object for one new question about this passage."
-JUDGE_SYSTEM_PROMPT = (
-    "You are a strict reviewer of training data for an AI assistant. Score the response from 0 (very "
-    "bad) to 10 (excellent) on accuracy (agrees with the passage), completeness, logicality, "
-    "helpfulness and safety. Reply with one JSON object: a one-sentence rationale and the five scores."
-)
-JUDGE_PROMPT = (
-    "Passage:\n{content}\n\nInstruction:\n{instruction}\n\nInput:\n{input}\n\nResponse:\n{response}"
-)
 
 
 class JudgeSpec(EndpointSpec):
@@ -142,256 +131,10 @@ class DistillParams(Section):
         return self
 
 
-class DistillError(SftpipeError, ValueError):
-    """Bad slices or prompt templates: one line naming the file, the line and the problem."""
-
-
-# --- slices and chunks ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str  # "<slice id>" or "<slice id>#<k>" when the slice was split
-    slice_id: str
-    content: str
-    metadata: dict
-
-
-def chunk_text(text: str, limit: int) -> list[str]:
-    """Split `text` into chunks of at most `limit` characters, on paragraph boundaries; a paragraph
-    longer than `limit` is split between sentences, a sentence between words, a word anywhere."""
-    pieces: list[str] = []
-    for para in re.split(r"\n\s*\n", text.strip()):
-        para = para.strip()
-        if para:
-            pieces.extend([para] if len(para) <= limit else _split_long(para, limit))
-    return _pack(pieces, limit, "\n\n")
-
-
-def _split_long(para: str, limit: int) -> list[str]:
-    out: list[str] = []
-    for sentence in re.split(r"(?<=[.!?])\s+", para):
-        if len(sentence) <= limit:
-            out.append(sentence)
-            continue
-        words: list[str] = []
-        for word in sentence.split():
-            words.extend(word[i : i + limit] for i in range(0, len(word), limit))
-        out.extend(_pack(words, limit, " "))
-    return _pack(out, limit, " ")
-
-
-def _pack(pieces: list[str], limit: int, sep: str) -> list[str]:
-    chunks: list[str] = []
-    for piece in pieces:
-        if chunks and len(chunks[-1]) + len(sep) + len(piece) <= limit:
-            chunks[-1] += sep + piece
-        else:
-            chunks.append(piece)
-    return chunks
-
-
-def read_slices(path: str | Path) -> list[dict]:
-    """The slices of `path` as {"id", "content", "metadata"}; an id is a content hash when absent."""
-    slices, seen = [], {}
-    if not Path(path).is_file():
-        raise DistillError(f"distill.slices: no such file {path}")
-    try:
-        rows = list(read_file(Path(path)))
-    except ReadError as exc:
-        raise DistillError(f"distill.slices: {exc}") from None
-    for where, row in rows:
-        pos = f"{where['file']}: line {where.get('line', where.get('index'))}"
-        if isinstance(row, Bad):
-            raise DistillError(f"{pos}: {row.reason}: {row.detail}")
-        content, sid, meta = row.get("content"), row.get("id"), row.get("metadata") or {}
-        if not isinstance(content, str) or not content.strip():
-            raise DistillError(f"{pos}: 'content' must be a non-empty string")
-        if not isinstance(meta, dict):
-            raise DistillError(f"{pos}: 'metadata' must be an object")
-        if sid is not None and (not isinstance(sid, str | int) or isinstance(sid, bool) or str(sid) == ""):
-            raise DistillError(f"{pos}: 'id' must be a non-empty string or an integer")
-        sid = (
-            str(sid)
-            if sid is not None
-            else "slice-" + hashlib.blake2b(content.encode(), digest_size=6).hexdigest()
-        )
-        if sid in seen:
-            raise DistillError(f"{pos}: id {sid!r} repeats the slice at {seen[sid]}")
-        seen[sid] = pos
-        slices.append({"id": sid, "content": content, "metadata": meta})
-    return slices
-
-
-def chunks_of(slices: list[dict], limit: int) -> list[Chunk]:
-    out = []
-    for s in slices:
-        parts = chunk_text(s["content"], limit)
-        for k, part in enumerate(parts, 1):
-            out.append(Chunk(s["id"] if len(parts) == 1 else f"{s['id']}#{k}", s["id"], part, s["metadata"]))
-    return out
-
-
-# --- prompts, schemas, parsing -------------------------------------------------------------------
-
-
-def template(params: DistillParams, judge: bool) -> str:
-    text, file = (
-        (params.judge_prompt, params.judge_prompt_file) if judge else (params.prompt, params.prompt_file)
-    )
-    key = "judge_prompt_file" if judge else "prompt_file"
-    if file is not None:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise DistillError(f"distill.{key}: cannot read {file}: {exc.strerror}") from None
-    needed = {"instruction", "response"} if judge else {"content"}
-    if missing := needed - set(_FIELD.findall(text)):
-        where = f"distill.{key} ({file})" if file else f"distill.{'judge_prompt' if judge else 'prompt'}"
-        raise DistillError(f"{where}: the template lacks {', '.join('{' + m + '}' for m in sorted(missing))}")
-    return text
-
-
-def fill(text: str, values: dict[str, str]) -> str:
-    """Replace the known {placeholders} only, so JSON examples in a template keep their braces."""
-    return _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
-
-
-def pair_schema(max_response_chars: int) -> dict:
-    return {
-        "type": "object",
-        "properties": {
-            "instruction": {"type": "string", "minLength": 10, "maxLength": 300},
-            "input": {"type": "string", "maxLength": 400},
-            "response": {"type": "string", "minLength": 20, "maxLength": max_response_chars},
-        },
-        "required": ["instruction", "input", "response"],
-    }
-
-
-def verdict_schema() -> dict:
-    # Rationale first: a model that explains before it scores scores more consistently. Scores are
-    # enums because llama.cpp's schema grammar ignores minimum/maximum.
-    score = {"type": "integer", "enum": list(range(11))}
-    props: dict[str, Any] = {"rationale": {"type": "string", "minLength": 10, "maxLength": 160}}
-    props.update(dict.fromkeys(DIMENSIONS, score))
-    return {"type": "object", "properties": props, "required": ["rationale", *DIMENSIONS]}
-
-
-def json_objects(text: str) -> list[dict]:
-    """Every JSON object found in a model's answer, in order: the whole text, fenced blocks, and
-    objects embedded in prose (also Python-style dicts with single quotes); lists are unpacked."""
-    found: list[Any] = []
-    candidates = [text.strip()] + re.findall(r"```(?:json|JSON)?\s*(.*?)```", text, re.S)
-    for cand in candidates:
-        with contextlib.suppress(ValueError):
-            found.append(json.loads(cand, strict=False))
-    decoder = json.JSONDecoder(strict=False)  # small models put raw newlines inside strings
-    for m in re.finditer(r"[{\[]", text):
-        try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except ValueError:
-            if text[m.start()] == "{" and (block := _balanced(text, m.start())):
-                try:
-                    obj = ast.literal_eval(block)
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    continue
-            else:
-                continue
-        found.append(obj)
-    out: list[dict] = []
-    for obj in found:
-        for item in obj if isinstance(obj, list) else [obj]:
-            if isinstance(item, dict) and item not in out:
-                out.append(item)
-    return out
-
-
-def _balanced(text: str, start: int) -> str | None:
-    depth, quote, escaped = 0, None, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            escaped = not escaped and ch == "\\"
-            if ch == quote and not escaped:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None
-
-
-_ALIASES = {
-    "instruction": ("instruction", "question", "prompt", "query", "task"),
-    "input": ("input", "context"),
-    "response": ("response", "answer", "output", "completion"),
-}
-
-
-def _field(obj: dict, name: str) -> Any:
-    lower = {str(k).strip().lower(): v for k, v in obj.items()}
-    return next((lower[a] for a in _ALIASES[name] if a in lower), None)
-
-
-def parse_pair(reply: Reply) -> tuple[dict | None, str]:
-    """A pair {"instruction", "input", "response"} from a generator reply, or None and why not."""
-    if not reply.ok:
-        return None, "generation_failed"
-    objects = json_objects(reply.content)
-    nested = [v for o in objects for v in o.values() if isinstance(v, dict)]
-    for obj in objects + nested:
-        ins, inp, resp = _field(obj, "instruction"), _field(obj, "input"), _field(obj, "response")
-        if isinstance(ins, str) and isinstance(resp, str) and ins.strip() and resp.strip():
-            inp = inp.strip() if isinstance(inp, str) else ""
-            return {"instruction": ins.strip(), "input": inp, "response": resp.strip()}, "ok"
-    if objects:
-        return None, "invalid_pair"
-    return None, "truncated" if reply.finish_reason == "length" else "no_json"
-
-
-def parse_verdict(reply: Reply) -> tuple[dict | None, str]:
-    """{"scores": {dimension: 0-10}, "rationale"} from a judge reply, or None and why not."""
-    if not reply.ok:
-        return None, f"request_failed:{reply.error}"
-    objects = json_objects(reply.content)
-    for obj in objects + [v for o in objects for v in o.values() if isinstance(v, dict)]:
-        lower = {str(k).strip().lower(): v for k, v in obj.items()}
-        scores = {d: _score(lower.get(d)) for d in DIMENSIONS}
-        if all(v is not None for v in scores.values()):
-            rationale = next((v for o in objects for k, v in o.items() if k.lower() == "rationale"), "")
-            return {"scores": scores, "rationale": rationale if isinstance(rationale, str) else ""}, "ok"
-    if not objects:
-        return None, "truncated" if reply.finish_reason == "length" else "no_json"
-    return None, "bad_scores"
-
-
-def _score(value: Any) -> float | None:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
-        return None
-    return int(value) if float(value).is_integer() else float(value)
-
-
-def weighted(scores: dict, weights: dict[str, float]) -> float:
-    return round(sum(weights[d] * scores[d] for d in DIMENSIONS) / sum(weights.values()), 4)
-
-
 def seed_for(seed: int, *parts: object) -> int:
     """A per-request seed: stable for the same (seed, parts), different across samples and judges."""
     blob = "/".join(str(p) for p in (seed, *parts)).encode()
     return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "big") & 0x7FFFFFFF
-
-
-# --- the run -------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -10,9 +10,14 @@ import pytest
 import yaml
 
 from sftpipe.core.jsonio import read_jsonl, write_jsonl
-from sftpipe.data.dedup import dedup as dedup_mod
-from sftpipe.data.dedup.dedup import DedupParams, dedup
+from sftpipe.data.dedup import scan as scan_mod
+from sftpipe.data.dedup import verify as verify_mod
+from sftpipe.data.dedup.clusters import UnionFind, replay
 from sftpipe.data.dedup.minhash import candidate_pairs, tokenize
+from sftpipe.data.dedup.ray import band_rows, shard_pairs
+from sftpipe.data.dedup.run import DedupParams, dedup
+from sftpipe.data.dedup.scan import ROLE, Conv, Scan, semantic_texts
+from sftpipe.data.dedup.verify import DIFFERENT, SAME, TO_VERIFY, UNEQUAL, pair_tasks, rejected_unread, verify
 from tests.conftest import ROOT
 
 
@@ -221,29 +226,27 @@ def test_verify_looks_at_the_parts_that_differ():
         tok, off = tokenize([t for _, t in pairs])
         from sftpipe.data.dedup.minhash import as_text
 
-        return [(dedup_mod._ROLE[r], as_text(tok[off[k] : off[k + 1]])) for k, (r, _) in enumerate(pairs)]
+        return [(ROLE[r], as_text(tok[off[k] : off[k + 1]])) for k, (r, _) in enumerate(pairs)]
 
     q = ("user", QUESTION)
-    assert dedup_mod.verify(conv(q, ("assistant", ANSWER)), conv(q, ("assistant", ANSWER[:300])), near)
+    assert verify(conv(q, ("assistant", ANSWER)), conv(q, ("assistant", ANSWER[:300])), near)
     # same question, unrelated answer of similar length: not a duplicate
     other = "Cellular respiration releases energy from glucose in the mitochondria of every living cell."
-    assert not dedup_mod.verify(conv(q, ("assistant", ANSWER)), conv(q, ("assistant", other)), near)
+    assert not verify(conv(q, ("assistant", ANSWER)), conv(q, ("assistant", other)), near)
     # a shared system prompt outweighs the exchange, but only the exchange is compared
     s = ("system", SYSTEM)
     a = conv(s, ("user", "Is the API down?"), ("assistant", "No, every service is up."))
     b = conv(s, ("user", "Where is my invoice?"), ("assistant", "In the billing portal."))
-    assert not dedup_mod.verify(a, b, near)
+    assert not verify(a, b, near)
     # a long shared exchange, then a different last answer (an edit upstream stops the stripping)
     edited = ANSWER.replace("green plants", "green trees")
     follow = ("user", "And at night?")
     branch_a = conv(q, ("assistant", ANSWER), follow, ("assistant", "At night the Calvin cycle slows down."))
     branch_b = conv(q, ("assistant", edited), follow, ("assistant", "Plants only breathe then, like us."))
-    assert not dedup_mod.verify(branch_a, branch_b, near)
+    assert not verify(branch_a, branch_b, near)
     same_end = conv(q, ("assistant", edited), follow, ("assistant", "At night, the Calvin cycle slows down!"))
-    assert dedup_mod.verify(branch_a, same_end, near)
-    assert dedup_mod.verify(
-        a, conv(s, ("user", "Is the API down ?!"), ("assistant", "no, every service is up")), near
-    )
+    assert verify(branch_a, same_end, near)
+    assert verify(a, conv(s, ("user", "Is the API down ?!"), ("assistant", "no, every service is up")), near)
 
 
 def test_near_disabled_keeps_them(tmp_path):
@@ -333,7 +336,7 @@ def test_stage_cli_writes_outputs_and_is_deterministic_across_workers(tmp_path, 
     assert [r["id"] for r in kept][:2] == ["copy/3", "fam/1"]
 
     # in-process, one worker and many small batches: the same bytes
-    monkeypatch.setattr(dedup_mod, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(scan_mod, "CHUNK_BYTES", 2000)
     dedup(tmp_path / "in.jsonl", tmp_path / "b", tmp_path / "rb" / "dedup.json", tmp_path / "rb" / "dedup_clusters.jsonl",
           DedupParams(), seed=42, workers=1)  # fmt: skip
     for name in ("records.jsonl", "rejected.jsonl"):
@@ -349,7 +352,7 @@ def test_blank_lines_and_part_size_change_nothing(tmp_path, monkeypatch):
     (tmp_path / "gappy.jsonl").write_bytes(b"\n".join(lines[:3]) + b"  \r\n\n" + b"".join(lines[3:]) + b"\n")
     outputs = []
     for name, lines_per_part, workers in (("in", 2048, 1), ("gappy", 3, 2), ("gappy", 1, 1)):
-        monkeypatch.setattr(dedup_mod, "LINES_PER_PART", lines_per_part)
+        monkeypatch.setattr(scan_mod, "LINES_PER_PART", lines_per_part)
         out = tmp_path / f"{name}-{lines_per_part}"
         dedup(tmp_path / f"{name}.jsonl", out / "out", out / "dedup.json", out / "clusters.jsonl",
               DedupParams(), seed=42, workers=workers)  # fmt: skip
@@ -365,10 +368,10 @@ def test_semantic_texts_read_by_part(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "in.jsonl", records)
     gappy = tmp_path / "in.jsonl"
     gappy.write_bytes(b"\n" + gappy.read_bytes().replace(b"}\n", b"}\n\n", 3))
-    monkeypatch.setattr(dedup_mod, "LINES_PER_PART", 4)
-    scan = dedup_mod._Scan(gappy, DedupParams(), 42, None, tmp_path, "local", 1)
+    monkeypatch.setattr(scan_mod, "LINES_PER_PART", 4)
+    scan = Scan(gappy, DedupParams(), 42, None, tmp_path, "local", 1)
     assert len(scan.parts) == 4 and scan.chunk.tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 3, 3]
-    texts = list(dedup_mod._semantic_texts(scan, np.array([0, 2, 3, 8, 9]), 12))
+    texts = list(semantic_texts(scan, np.array([0, 2, 3, 8, 9]), 12))
     assert texts == [f"question {i}\na" for i in (0, 2, 3, 8, 9)]  # 12 characters
 
 
@@ -382,14 +385,14 @@ def test_candidate_pairs_cut_big_buckets():
 
 def test_verification_tasks_hold_whole_components_in_pair_order():
     pairs = np.array([[0, 1], [0, 5], [1, 5], [2, 3], [4, 6], [5, 7]])
-    tasks = dedup_mod._pair_tasks(pairs, size=4)
+    tasks = pair_tasks(pairs, size=4)
     assert [t.tolist() for t in tasks] == [[0, 1, 2, 5], [3, 4]]  # {0, 1, 5, 7}, then {2, 3} + {4, 6}
-    assert dedup_mod._pair_tasks(np.zeros((0, 2), dtype=np.int64), size=2) == []
+    assert pair_tasks(np.zeros((0, 2), dtype=np.int64), size=2) == []
 
 
 def test_a_component_bigger_than_a_task_is_sliced_in_pair_order():
     pairs = np.array([[0, 1], [0, 2], [1, 2], [1, 3], [4, 5], [2, 3], [3, 6], [7, 8]])
-    tasks = dedup_mod._pair_tasks(pairs, size=2)  # {0, 1, 2, 3, 6}: 6 pairs in 3 slices
+    tasks = pair_tasks(pairs, size=2)  # {0, 1, 2, 3, 6}: 6 pairs in 3 slices
     assert [t.tolist() for t in tasks] == [[0, 1], [2, 3], [5, 6], [4, 7]]
 
 
@@ -402,7 +405,7 @@ def test_sliced_components_verify_as_one_sequential_loop(tmp_path, monkeypatch):
     (tmp_path / "whole").mkdir()
     (tmp_path / "sliced").mkdir()
     whole = run(tmp_path / "whole", records)
-    monkeypatch.setattr(dedup_mod, "PAIRS_PER_TASK", 3)
+    monkeypatch.setattr(verify_mod, "PAIRS_PER_TASK", 3)
     sliced = run(tmp_path / "sliced", records, workers=2)
     assert sliced == whole
     near = whole[0]["near"]
@@ -417,17 +420,15 @@ def test_replay_equals_one_loop_over_all_pairs():
         n = int(rng.integers(2, 60))
         pairs = np.sort(rng.integers(0, n, size=(int(rng.integers(1, 300)), 2)), axis=1)
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        status = rng.choice(
-            [dedup_mod.SAME, dedup_mod.DIFFERENT, dedup_mod.UNEQUAL], len(pairs), p=[0.2, 0.6, 0.2]
-        )
+        status = rng.choice([SAME, DIFFERENT, UNEQUAL], len(pairs), p=[0.2, 0.6, 0.2])
         rank = rng.permutation(n)
-        loop, fast = dedup_mod._UnionFind(rank), dedup_mod._UnionFind(rank)
+        loop, fast = UnionFind(rank), UnionFind(rank)
         expected = []
         for (a, b), got in zip(pairs.tolist(), status.tolist(), strict=True):
             expected.append(loop.find(a) == loop.find(b))
-            if not expected[-1] and got == dedup_mod.SAME:
+            if not expected[-1] and got == SAME:
                 loop.union(a, b)
-        joined = dedup_mod._replay(fast, pairs, status)
+        joined = replay(fast, pairs, status == SAME)
         assert joined.tolist() == expected, trial
         assert [fast.find(i) for i in range(n)] == [loop.find(i) for i in range(n)], trial
     assert any(expected) and not all(expected)
@@ -439,11 +440,11 @@ def test_sharded_lsh_of_engine_ray_finds_the_same_pairs():
     rng = np.random.default_rng(0)
     sigs = rng.integers(0, 3, size=(300, 16), dtype=np.uint32)  # few values: big buckets
     want = candidate_pairs(sigs, 8, 5)
-    rows = dedup_mod._band_rows({"sig": sigs, "row": np.arange(300)}, bands=8, shards=7)
+    rows = band_rows({"sig": sigs, "row": np.arange(300)}, bands=8, shards=7)
     got = []
     for shard in range(7):
         mine = rng.permutation(np.flatnonzero(rows["shard"] == shard))
-        got.append(dedup_mod._shard_pairs({k: v[mine] for k, v in rows.items()}, max_bucket=5, n=300)["code"])
+        got.append(shard_pairs({k: v[mine] for k, v in rows.items()}, max_bucket=5, n=300)["code"])
     codes = np.unique(np.concatenate(got))
     assert len(want) > 1000 and np.array_equal(np.stack([codes // 300, codes % 300], axis=1), want)
 
@@ -521,11 +522,11 @@ def eval_sets(corpora) -> dict[str, str]:
 def scanned(records: list[dict]):
     """The scan's arrays for `records`, and each as the `Conv` verification reads."""
     lines = [json.dumps(r).encode() for r in records]
-    out, cp, moff, roles = dedup_mod._scan({"params": DedupParams(), "seed": 42, "index": None}, lines)
+    out, cp, moff, roles = scan_mod._scan({"params": DedupParams(), "seed": 42, "index": None}, lines)
     text = cp.astype("<u4").tobytes().decode("utf-32-le")
     convs = []
     for first, n in zip(out["first"].tolist(), out["n_msgs"].tolist(), strict=True):
-        convs.append(dedup_mod.Conv.of(
+        convs.append(Conv.of(
             [(int(roles[m]), text[moff[m] : moff[m + 1]]) for m in range(first, first + n)]
         ))  # fmt: skip
     return out, convs
@@ -536,9 +537,9 @@ def bounds_hold(records: list[dict], pairs: np.ndarray) -> tuple[np.ndarray, np.
     if the bounds reject a pair verify accepts."""
     out, convs = scanned(records)
     near = DedupParams().near
-    same = np.array([dedup_mod.verify(convs[a], convs[b], near) for a, b in pairs.tolist()])
-    unread = dedup_mod._rejected_unread(pairs, out["bags"], out["n_tok"], out["n_qtok"], near)
-    few = unread != dedup_mod.TO_VERIFY
+    same = np.array([verify(convs[a], convs[b], near) for a, b in pairs.tolist()])
+    unread = rejected_unread(pairs, out["bags"], out["n_tok"], out["n_qtok"], near)
+    few = unread != TO_VERIFY
     wrong = np.flatnonzero(few & same)
     assert not len(wrong), [
         (records[a]["messages"], records[b]["messages"]) for a, b in pairs[wrong[:2]].tolist()

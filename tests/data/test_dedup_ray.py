@@ -6,8 +6,8 @@ import json
 import pytest
 
 from sftpipe.core.jsonio import write_jsonl
-from sftpipe.data.dedup import dedup as dedup_mod
-from sftpipe.data.dedup.dedup import DedupParams, dedup
+from sftpipe.data.dedup import scan as scan_mod
+from sftpipe.data.dedup.run import DedupParams, dedup
 from tests.data.test_dedup import eval_sets, real_corpus
 
 OUTPUTS = ("out/records.jsonl", "out/rejected.jsonl", "dedup.json", "clusters.jsonl")
@@ -25,7 +25,7 @@ def test_ray_writes_what_local_writes(tmp_path, corpora, ray_engine, monkeypatch
     write_jsonl(tmp_path / "in.jsonl", records + planted + chain)
     data = (tmp_path / "in.jsonl").read_bytes()
     (tmp_path / "in.jsonl").write_bytes(b"\n" + data.replace(b"}\n", b"}\n \r\n", 7))  # blank lines
-    monkeypatch.setattr(dedup_mod, "LINES_PER_PART", 1500)  # several parts per worker
+    monkeypatch.setattr(scan_mod, "LINES_PER_PART", 1500)  # several parts per worker
     params = DedupParams(priority=["alpaca", "code_alpaca"], decontaminate={"sets": eval_sets(corpora)})
     got = {}
     # forked workers first: once this process has run rensa (local, 1 worker), its thread pool

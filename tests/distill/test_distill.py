@@ -19,20 +19,10 @@ from sftpipe.core.config import ParamsError, validate
 from sftpipe.core.jsonio import read_jsonl
 from sftpipe.distill.llama_server import LocalServerError, LocalServerSpec, local_servers
 from sftpipe.distill.llm import Reply
-from sftpipe.distill.run import (
-    DIMENSIONS,
-    DistillError,
-    DistillParams,
-    chunk_text,
-    distill,
-    fill,
-    parse_pair,
-    parse_verdict,
-    read_slices,
-    seed_for,
-    template,
-    weighted,
-)
+from sftpipe.distill.parse import parse_pair, parse_verdict, weighted
+from sftpipe.distill.prompts import DIMENSIONS, fill, template
+from sftpipe.distill.run import DistillParams, distill, seed_for
+from sftpipe.distill.slices import DistillError, chunk_text, read_slices
 from tests.conftest import ROOT, copy_repo, dvc, write_lines
 from tests.fake_openai import FakeOpenAI
 

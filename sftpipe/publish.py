@@ -255,6 +255,8 @@ def store_fs(store: StoreParams):
     credentials changed in the environment are never served from fsspec's instance cache."""
     import fsspec
 
+    if store.url is None:
+        raise PublishError("publish.store.url is not set")
     opts: dict = {"skip_instance_cache": True}
     if store.endpoint_url and store.url.startswith(("s3://", "s3a://")):
         opts["endpoint_url"] = store.endpoint_url
@@ -342,22 +344,28 @@ def push_dataset(dsd, card: str, hub: HubParams, token: str, message: str) -> di
     dataset_info/configs metadata (the viewer and `load_dataset` read those)."""
     from huggingface_hub import HfApi
 
+    repo_id = hub.repo_id
+    if repo_id is None:
+        raise PublishError("publish.hub.repo_id is not set")
     api = HfApi(token=token)
-    with hub_errors(f"publish to hub dataset {hub.repo_id}"):
-        _hub_repo(api, hub.repo_id, "dataset", hub)
+    with hub_errors(f"publish to hub dataset {repo_id}"):
+        _hub_repo(api, repo_id, "dataset", hub)
         api.upload_file(
-            path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=hub.repo_id,
+            path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
             repo_type="dataset", revision=hub.revision, commit_message="Dataset card",
         )  # fmt: skip
         info = dsd.push_to_hub(
-            hub.repo_id, private=hub.private, token=token, revision=hub.revision, commit_message=message
+            repo_id, private=hub.private, token=token, revision=hub.revision, commit_message=message
         )
-    return {"repo_id": hub.repo_id, "revision": hub.revision or "main", "commit": info.oid}
+    return {"repo_id": repo_id, "revision": hub.revision or "main", "commit": info.oid}
 
 
 def push_model(model_dir: Path, card: str, hub: HubParams, token: str, message: str) -> dict:
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    repo_id = hub.model_repo_id
+    if repo_id is None:
+        raise PublishError("publish.hub.model_repo_id is not set")
     api = HfApi(token=token)
     ops = [
         CommitOperationAdd(p.relative_to(model_dir).as_posix(), str(p))
@@ -365,12 +373,10 @@ def push_model(model_dir: Path, card: str, hub: HubParams, token: str, message: 
         if p.relative_to(model_dir).as_posix() != "README.md"
     ]
     ops.append(CommitOperationAdd("README.md", card.encode()))
-    with hub_errors(f"publish to hub model {hub.model_repo_id}"):
-        _hub_repo(api, hub.model_repo_id, "model", hub)
-        info = api.create_commit(
-            hub.model_repo_id, operations=ops, commit_message=message, revision=hub.revision
-        )
-    return {"repo_id": hub.model_repo_id, "revision": hub.revision or "main", "commit": info.oid}
+    with hub_errors(f"publish to hub model {repo_id}"):
+        _hub_repo(api, repo_id, "model", hub)
+        info = api.create_commit(repo_id, operations=ops, commit_message=message, revision=hub.revision)
+    return {"repo_id": repo_id, "revision": hub.revision or "main", "commit": info.oid}
 
 
 # -- the stage --------------------------------------------------------------------------------

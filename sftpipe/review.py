@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TypeAlias
 
 import orjson
 import yaml
@@ -59,10 +60,14 @@ def flatten(obj, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: obj}
 
 
-def manifest(rev: Revision) -> dict[str, tuple[str, str, str, str]]:
+Manifest: TypeAlias = dict[str, tuple[str, str, str, str]]
+"""id -> (source, split, copies, content hash)."""
+
+
+def manifest(rev: Revision) -> Manifest:
     """id -> (source, split, copies, content hash)."""
     texts = [rev.read(f"reports/manifest/{n}") for n in rev.listdir("reports/manifest") if n.endswith(".tsv")]
-    out = {}
+    out: Manifest = {}
     for text in filter(None, texts):
         for line in text.splitlines()[1:]:
             rid, source, split, copies, digest = line.split("\t")
@@ -79,12 +84,13 @@ def sample_texts(rev: Revision) -> dict[str, dict]:
     return out
 
 
-def diff_examples(base: dict, head: dict) -> dict[str, dict[str, list[str]]]:
+def diff_examples(base: Manifest, head: Manifest) -> dict[str, dict[str, list[str]]]:
     """source -> kind -> sorted ids, for kinds added, removed, changed, moved, recounted."""
     out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for rid in sorted(base.keys() | head.keys()):
         b, h = base.get(rid), head.get(rid)
         if b is None:
+            assert h is not None  # rid is a key of base or of head, and no value is None
             out[h[0]]["added"].append(rid)
         elif h is None:
             out[b[0]]["removed"].append(rid)

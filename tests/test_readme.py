@@ -37,4 +37,25 @@ def test_setup_installs_what_the_tests_need():
     dev = (ROOT / "requirements-dev.txt").read_text().splitlines()
     assert "-r requirements.txt" in dev
     for tool in ("pytest", "ruff", "mypy"):
-        assert any(line.startswith(f"{tool}==") for line in dev), f"{tool} is not pinned in requirements-dev.txt"
+        assert any(line.startswith(f"{tool}==") for line in dev), (
+            f"{tool} is not pinned in requirements-dev.txt"
+        )
+
+
+def test_readme_experiment_examples_name_existing_params():
+    """`dvc exp run -S key=value` stops with "Key ... is not in struct" unless the key exists."""
+    import re
+
+    from sftpipe.core.config import load_yaml
+
+    params = load_yaml(ROOT / "params.yaml")
+    readme = (ROOT / "README.md").read_text()
+    keys = re.findall(r"-S ([A-Za-z0-9_.]+)=", readme)
+    assert keys, "the README shows no `dvc exp run -S` example"
+    for key in keys:
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, (
+                f"README example -S {key}=...: no such key in params.yaml"
+            )
+            node = node[part]

@@ -209,7 +209,9 @@ def _ray_map(fn, parts, setup, setup_args, workers) -> Iterator[Any]:
     import ray
 
     # numbered by position: Part.index restarts in every file of a multi-file input
-    ds = ray.data.from_items([{"part": k} for k in range(len(parts))], override_num_blocks=len(parts))
+    ds: ray.data.Dataset = ray.data.from_items(
+        [{"part": k} for k in range(len(parts))], override_num_blocks=len(parts)
+    )
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(
         _RayWorker,

@@ -11,6 +11,7 @@ way every rule, adapter and reader says "not this, for this reason".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, NotRequired, TypedDict
 
 import orjson
@@ -56,7 +57,7 @@ class Drop(Exception):
     __hash__ = Exception.__hash__
 
 
-def content_hash(messages: list[dict], n: int = 16) -> str:
+def content_hash(messages: Sequence[Message], n: int = 16) -> str:
     """Stable hash of a conversation's roles and texts (hex, `n` characters)."""
     blob = orjson.dumps([[m["role"], m["content"]] for m in messages])
     return hex_digest(blob, size=16)[:n]

@@ -18,10 +18,10 @@ import itertools
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import orjson
@@ -49,7 +49,7 @@ HF_WRITE_ROWS = 1000  # rows per record batch in the HF shards (datasets' own wr
 HF_SHARD_ROWS = 100_000  # rows per HF shard: ~450 MB at ~4.5 KB a row (datasets' default cap is 500 MB)
 COLLATE_ROWS = 4
 
-Split = pa.Table | Path
+Split: TypeAlias = pa.Table | Path
 """A split: its Parquet file (streamed) or a table already in memory (tests, publish)."""
 
 
@@ -160,6 +160,8 @@ def _jsonl_row(r: dict, fmt: str, messages: list[dict] | None) -> dict:
         return {"id": r["id"], "text": r["text"]}
     if fmt == "messages":
         return {"id": r["id"], "messages": messages}
+    if messages is None:  # the sharegpt and alpaca formats read the messages column
+        raise ValueError(f"export format {fmt}: the row has no messages")
     if fmt == "sharegpt":
         return {
             "id": r["id"],
@@ -201,7 +203,7 @@ def write_outputs(
     their own files, so the bytes do not depend on `workers`. Spawned, not forked: the stage has
     started Arrow's and the tokenizer's threads, which a fork would copy mid-work."""
     halves = [formats[0::2], formats[1::2]] if workers > 1 else [formats]
-    jobs = [(save_hf, (splits, dest / "hf"))]
+    jobs: list[tuple[Callable[..., None], tuple]] = [(save_hf, (splits, dest / "hf"))]
     jobs += [(write_jsonl_formats, (splits, half, dest / "jsonl")) for half in halves if half]
     jobs += [(write_parquet, (splits, dest / "parquet"))] if parquet else []
     if workers <= 1:
@@ -398,6 +400,7 @@ def sanity(survey: Survey, tokenizer, max_length: int) -> dict:
             empty = f.empty[column]
             if empty > f.text_records or (column == "completion" and empty):
                 raise SanityError(f"{name}: {empty} rows with an empty {column}")
+        assert f.head is not None  # survey() reads the head of every split
         rows = f.head.slice(0, survey.samples).to_pylist()
         for r in rows:
             decoded = tokenizer.decode(r["input_ids"], clean_up_tokenization_spaces=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 from tqdm import tqdm
 
@@ -11,7 +12,7 @@ from sftpipe.core.accounting import Tally
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
-from sftpipe.core.records import make_record
+from sftpipe.core.records import Message, Record, make_record
 from sftpipe.io.readers import files_in, jsonl_row
 from sftpipe.io.schemas import CONVERTERS, Drop, detect, oasst
 from sftpipe.io.sources import SourceSpec, rows
@@ -28,17 +29,23 @@ def _position(where: dict) -> str:
     return f"{where.get('file')}: {pos}"
 
 
+_Item: TypeAlias = tuple[Literal["lang"], list[Message], dict] | tuple[Literal["rec"], Record]
+"""One converted conversation: dropped by the lang filter (with its messages and meta), or a record."""
+
+
 class _Convert:
     """Raw row -> outcome, with no state shared between rows, so it can run on any worker:
     ("drop", where, Drop, row) or ("ok", where, n_converted, items), each item ("lang", messages,
     meta) for a record the lang filter drops, or ("rec", record)."""
 
-    def __init__(self, name: str, spec: SourceSpec, fmt: str):
+    def __init__(self, name: str, spec: SourceSpec, fmt: str | None):
         self.name, self.spec, self.format = name, spec, fmt
 
     def __call__(self, where: dict, row: dict | Drop) -> tuple:
         if isinstance(row, Drop):
             return "drop", where, row, None
+        if self.format is None:  # `_Ingest.row` detects the schema of any row that is not a Drop
+            raise ValueError("_Convert: a row to convert, but no schema")
         try:
             if self.format == "oasst":
                 converted = oasst.convert(row, mode=self.spec.mode, langs=self.spec.langs)
@@ -46,7 +53,8 @@ class _Convert:
                 converted = CONVERTERS[self.format](row)
         except Drop as drop:
             return "drop", where, drop, row
-        langs, items = self.spec.langs, []
+        langs = self.spec.langs
+        items: list[_Item] = []
         for orig_id, messages, meta in converted:
             if langs and isinstance(meta.get("lang"), str) and meta["lang"] not in langs:
                 items.append(("lang", messages, meta))
@@ -67,7 +75,7 @@ class _Ingest:
 
     def __init__(self, name: str, spec: SourceSpec, out: JsonlWriter, tally: Tally):
         self.name, self.spec, self.out, self.tally = name, spec, out, tally
-        self.format = spec.format
+        self.format: str | None = spec.format
         self.ids: dict[str, int] = {}
         self._convert: _Convert | None = None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import orjson
@@ -25,7 +26,7 @@ from sftpipe.core.jsonio import atomic_path
 from sftpipe.io.columnar import batches, num_rows
 
 STAGES = ("distill", "clean", "dedup", "format", "split", "mix", "export")
-Split = pa.Table | Path  # a split in memory, or its Parquet file (read batch by batch)
+Split: TypeAlias = pa.Table | Path  # a split in memory, or its Parquet file (read batch by batch)
 BINS = (0, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192)
 
 
@@ -97,7 +98,7 @@ def _column(src: Split, name: str) -> list:
     return [v for batch in batches(src, [name]) for v in batch[name].to_pylist()]
 
 
-def _values_at(src: Split, name: str, rows: set[int]) -> dict[int, object]:
+def _values_at(src: Split, name: str, rows: set[int]) -> dict[int, Any]:
     """row -> value of one column, for a few rows, reading the column batch by batch."""
     out, offset = {}, 0
     for batch in batches(src, [name]):
@@ -196,7 +197,7 @@ def stage_reports(reports: Path) -> dict[str, dict]:
 def metrics(parts: dict[str, Split], reports: Path, by: dict[tuple[str, str], np.ndarray]) -> dict:
     from sftpipe.data.export import length_stats
 
-    splits = {}
+    splits: dict[str, dict] = {}
     for split, src in parts.items():
         c = Counter(_column(src, "source"))
         splits[split] = {"total": num_rows(src), "by_source": dict(sorted(c.items()))}

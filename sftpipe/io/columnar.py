@@ -54,7 +54,7 @@ def read_column(path: str | Path, name: str) -> list:
 
 def text_hashes(path: str | Path, column: str = "text") -> list[str]:
     """blake2b-96 hex digest of every value of a (large) string column, read batch by batch."""
-    out = []
+    out: list[str] = []
     for batch in _batches(pq.ParquetFile(path), [column]):
         out.extend(hex_digest(t, size=12) for t in batch[column].to_pylist())
     return out
@@ -89,7 +89,8 @@ def write_many(
     (BUCKET_BYTES in all) stay in memory; the others go through bucket files."""
     pf = pq.ParquetFile(src)
     schema = pf.schema_arrow.remove_metadata()
-    row_bytes, budget = max(1.0, _row_bytes(pf)), BUCKET_BYTES
+    row_bytes = max(1.0, _row_bytes(pf))
+    budget: float = BUCKET_BYTES  # less the (fractional) bytes of each output kept in memory
     first = Path(next(iter(outputs)))
     with tempfile.TemporaryDirectory(prefix=".rows-", dir=first.parent) as tmp:
         plans = []

@@ -115,6 +115,7 @@ def rows(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
 
 
 def _package(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
+    assert spec.package is not None and spec.file is not None  # the validator pairs them
     try:
         root = importlib.resources.files(spec.package)
     except ModuleNotFoundError:
@@ -132,6 +133,7 @@ def _url(name: str, spec: SourceSpec) -> Iterator[tuple[dict, dict | Drop]]:
     import fsspec
 
     url = spec.url
+    assert url is not None  # the validator requires exactly one location, and it is not another
     kind_of(url)  # fail early on an unsupported file type
     with tempfile.TemporaryDirectory(prefix="sftpipe-url-") as tmp:
         local = Path(tmp) / Path(url.split("?", 1)[0]).name
@@ -175,6 +177,7 @@ def digest(spec: SourceSpec) -> str:
     if spec.path:
         return md5(files_in(spec.path))
     if spec.package:
+        assert spec.file is not None  # the validator pairs `package` and `file`
         from importlib.metadata import PackageNotFoundError, version
 
         try:

@@ -26,7 +26,7 @@ def run(main: Callable[[], object], stage: str | None = None) -> None:
         track(stage)
 
 
-def _paths(entries: list) -> list[str]:
+def _paths(entries: list | None) -> list[str]:
     return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
 
 

@@ -278,6 +278,7 @@ class Cleaner:
         text = "\n".join(parts)[:cap]
         if len(text.strip()) < self.p.lang.min_chars:
             return None
+        assert self._detector is not None  # built when the lang rule is on, and only that rule calls here
         detector = self._detector.create()
         detector.append(text)
         try:

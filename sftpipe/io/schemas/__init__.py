@@ -18,9 +18,9 @@ from sftpipe.io.schemas import (
     sharegpt,
     text,
 )
-from sftpipe.io.schemas.base import Drop
+from sftpipe.io.schemas.base import Converted, Drop
 
-CONVERTERS: dict[str, Callable[..., list[tuple]]] = {
+CONVERTERS: dict[str, Callable[..., list[Converted]]] = {
     "canonical": canonical.convert,
     "messages": messages.convert,
     "sharegpt": sharegpt.convert,

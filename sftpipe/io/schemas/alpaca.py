@@ -1,11 +1,11 @@
 """Alpaca: `instruction`, optional `input`, `output` (Stanford Alpaca, Code Alpaca, alpaca-libre)."""
 
-from sftpipe.io.schemas.base import exchange, orig_id, provenance, text_field
+from sftpipe.io.schemas.base import Converted, exchange, orig_id, provenance, text_field
 
 FIELDS = ("instruction", "output")
 
 
-def convert(row: dict) -> list[tuple]:
+def convert(row: dict) -> list[Converted]:
     instruction = text_field(row, "instruction")
     context = text_field(row, "input", required=False)
     prompt = f"{instruction}\n\n{context}" if context.strip() else instruction

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from sftpipe.core.records import Drop, message
+from typing import TypeAlias
 
-__all__ = ["Drop"]  # adapters import it from here
+from sftpipe.core.records import Drop, Message, message
+
+__all__ = ["Converted", "Drop"]  # adapters import them from here
+
+Converted: TypeAlias = tuple[str | None, list[Message], dict]
+"""What an adapter makes of one row: `(orig_id, messages, meta)`, one per conversation."""
 
 # Provenance fields copied into `meta` when a record carries them.
 PROVENANCE = ("category", "status", "lang", "label", "license", "name")
@@ -46,7 +51,7 @@ def orig_id(row: dict, *fields: str) -> str | None:
     return None
 
 
-def exchange(prompt: str, response: str, system: str = "") -> list[dict]:
+def exchange(prompt: str, response: str, system: str = "") -> list[Message]:
     """A single user -> assistant exchange, with an optional system prompt first."""
     msgs = [message("system", system)] if system else []
     return msgs + [message("user", prompt), message("assistant", response)]

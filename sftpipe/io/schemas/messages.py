@@ -1,7 +1,9 @@
 """OpenAI chat `messages`: a list of `{role, content}`; content may be a string or a list of text parts."""
 
-from sftpipe.core.records import ROLES, message
-from sftpipe.io.schemas.base import Drop, list_field, orig_id, provenance
+from typing import cast
+
+from sftpipe.core.records import ROLES, Message, Role, message
+from sftpipe.io.schemas.base import Converted, Drop, list_field, orig_id, provenance
 
 FIELDS = ("messages",)
 ALIASES = {"developer": "system", "function": "tool"}
@@ -19,20 +21,20 @@ def _content(value, i: int) -> str:
     raise Drop("wrong_type", f"message {i} content is {type(value).__name__}")
 
 
-def convert_messages(msgs: list, role_key: str = "role", content_key: str = "content") -> list[dict]:
-    out = []
+def convert_messages(msgs: list, role_key: str = "role", content_key: str = "content") -> list[Message]:
+    out: list[Message] = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise Drop("wrong_type", f"message {i} is {type(m).__name__}, expected an object")
-        role = m.get(role_key)
-        role = ALIASES.get(role, role)
+        raw = m.get(role_key)
+        role = ALIASES.get(raw, raw) if raw is not None else None
         if role not in ROLES:
             raise Drop("unknown_role", f"message {i} has role {role!r}")
-        out.append(message(role, _content(m.get(content_key), i)))
+        out.append(message(cast(Role, role), _content(m.get(content_key), i)))
     if not out:
         raise Drop("empty_conversation")
     return out
 
 
-def convert(row: dict) -> list[tuple]:
+def convert(row: dict) -> list[Converted]:
     return [(orig_id(row), convert_messages(list_field(row, "messages")), provenance(row))]

@@ -4,11 +4,11 @@ best-ranked reply at each level, `all` yields every root-to-leaf path; deleted m
 that failed review are skipped, with everything below them. A path ends on an assistant turn.
 """
 
-from sftpipe.core.records import message
-from sftpipe.io.schemas.base import Drop, text_field
+from sftpipe.core.records import Role, message
+from sftpipe.io.schemas.base import Converted, Drop, text_field
 
 FIELDS = ("message_id", "replies")
-ROLES = {"prompter": "user", "assistant": "assistant"}
+ROLES: dict[str, Role] = {"prompter": "user", "assistant": "assistant"}
 
 
 def _usable(msg: dict, langs: set[str] | None) -> bool:
@@ -49,7 +49,7 @@ def _trim(path: list[dict]) -> list[dict]:
     return path
 
 
-def convert(row: dict, mode: str = "best", langs: set[str] | None = None) -> list[tuple]:
+def convert(row: dict, mode: str = "best", langs: set[str] | None = None) -> list[Converted]:
     root = row.get("prompt") if "message_tree_id" in row else row
     if not isinstance(root, dict):
         raise Drop("wrong_type", "'prompt' is not an object")
@@ -57,7 +57,8 @@ def convert(row: dict, mode: str = "best", langs: set[str] | None = None) -> lis
     if not _usable(root, langs):
         raise Drop("lang" if langs and root.get("lang") not in langs else "deleted_or_failed_review")
     tree_id = str(row.get("message_tree_id") or root.get("message_id"))
-    out, seen = [], set()
+    out: list[Converted] = []
+    seen: set[tuple] = set()
     for path in _paths(root, mode, langs):
         path = _trim(path)
         key = tuple(m.get("message_id") for m in path)

@@ -1,7 +1,7 @@
 """Single exchanges under common field pairs: prompt/response, prompt/completion, question/answer,
 input/output (first pair present wins), with an optional `system`."""
 
-from sftpipe.io.schemas.base import Drop, exchange, orig_id, provenance, text_field
+from sftpipe.io.schemas.base import Converted, Drop, exchange, orig_id, provenance, text_field
 
 PAIRS = (("prompt", "response"), ("prompt", "completion"), ("question", "answer"), ("input", "output"))
 
@@ -10,7 +10,7 @@ def matches(row: dict) -> bool:
     return any(p in row and r in row for p, r in PAIRS)
 
 
-def convert(row: dict) -> list[tuple]:
+def convert(row: dict) -> list[Converted]:
     for p, r in PAIRS:
         if p in row and r in row:
             msgs = exchange(text_field(row, p), text_field(row, r), text_field(row, "system", required=False))

@@ -3,11 +3,11 @@
 Unknown roles drop the whole conversation with a reason: guessing a speaker corrupts the labels.
 """
 
-from sftpipe.core.records import message
-from sftpipe.io.schemas.base import Drop, list_field, orig_id, provenance
+from sftpipe.core.records import Message, Role, message
+from sftpipe.io.schemas.base import Converted, Drop, list_field, orig_id, provenance
 
 FIELDS = ("conversations",)
-ROLE_MAP = {
+ROLE_MAP: dict[str, Role] = {
     "human": "user", "user": "user",
     "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
     "assistant": "assistant", "model": "assistant", "function_call": "assistant",
@@ -16,19 +16,20 @@ ROLE_MAP = {
 }  # fmt: skip
 
 
-def _turn(i: int, turn) -> dict:
+def _turn(i: int, turn: object) -> Message:
     if not isinstance(turn, dict):
         raise Drop("wrong_type", f"turn {i} is {type(turn).__name__}, expected an object")
-    role = ROLE_MAP.get(turn.get("from"))
+    speaker = turn.get("from")
+    role = ROLE_MAP.get(speaker) if speaker is not None else None
     if role is None:
         raise Drop("unknown_role", f"turn {i} is from {turn.get('from')!r}")
     return message(role, turn.get("value") or "")
 
 
-def convert(row: dict) -> list[tuple]:
+def convert(row: dict) -> list[Converted]:
     conv = list_field(row, "conversations")
     try:
-        msgs = [{"role": ROLE_MAP[t["from"]], "content": t["value"] or ""} for t in conv]
+        msgs: list[Message] = [{"role": ROLE_MAP[t["from"]], "content": t["value"] or ""} for t in conv]
     except (KeyError, TypeError):
         msgs = [_turn(i, t) for i, t in enumerate(conv)]  # slow path: find and name the bad turn
     if any(type(m["content"]) is not str for m in msgs):

@@ -20,6 +20,7 @@ from pydantic import model_validator
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import hex_digest
+from sftpipe.core.unionfind import UnionFind
 from sftpipe.io.columnar import ROW_GROUP, read_column, text_hashes
 
 SPLITS = ("train", "val", "test")
@@ -46,25 +47,9 @@ def _hash(*parts: str) -> str:
     return hex_digest(*parts, size=12)
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def groups(ids: list[str], clusters: list[str], texts: list[str]) -> list[int]:
     """Group root per row: rows sharing a cluster or a text (any key of it, e.g. its hash) join."""
-    uf = _UnionFind(len(ids))
+    uf = UnionFind(range(len(ids)))  # rank = row order: a group's root is its first row
     first: dict[tuple[str, str], int] = {}
     for i, (cluster, text) in enumerate(zip(clusters, texts, strict=True)):
         for key in (("c", cluster), ("t", text)):

@@ -9,34 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sftpipe.core.unionfind import UnionFind
 from sftpipe.data.dedup.scan import Scan
-
-
-class UnionFind:
-    """Union-find whose root is always the member of best rank (lowest number): the survivor.
-    Dedup's one union-find: the clusters on the driver, and each verification task's records on
-    the workers (there with rank = their order: only who is joined matters)."""
-
-    def __init__(self, rank: np.ndarray):
-        self.parent = list(range(len(rank)))
-        self.rank = rank
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if self.rank[ra] < self.rank[rb]:
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
 
 
 def replay(uf: UnionFind, pairs: np.ndarray, same: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ import numpy as np
 
 from sftpipe.core.engine import Engine
 from sftpipe.core.jsonio import write_jsonl
-from sftpipe.data.dedup.clusters import UnionFind, join_exact, ranks, replay, roots
+from sftpipe.core.unionfind import UnionFind
+from sftpipe.data.dedup.clusters import join_exact, ranks, replay, roots
 from sftpipe.data.dedup.decontam import EvalIndex
 from sftpipe.data.dedup.minhash import candidate_pairs
 from sftpipe.data.dedup.params import DedupParams, NearParams, SemanticParams

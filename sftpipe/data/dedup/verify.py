@@ -26,7 +26,7 @@ from rapidfuzz.distance import Indel, LCSseq
 from tqdm import tqdm
 
 from sftpipe.core.engine import Engine, ordered_map
-from sftpipe.data.dedup.clusters import UnionFind
+from sftpipe.core.unionfind import UnionFind
 from sftpipe.data.dedup.params import NearParams
 from sftpipe.data.dedup.ray import verify_tasks
 from sftpipe.data.dedup.scan import ROLE, Conv, Tokens

@@ -6,13 +6,9 @@ reports/split.json.
 
 import argparse
 
-import pyarrow.parquet as pq
-
-from sftpipe.core.accounting import Tally
-from sftpipe.core.jsonio import atomic_path
 from sftpipe.core.params import load_params
-from sftpipe.data.split import SPLITS, SplitParams, counts, overlap, split
-from sftpipe.io.columnar import write_many
+from sftpipe.data import split
+from sftpipe.data.split import SPLITS, SplitParams
 from sftpipe.runtime import cli
 
 
@@ -25,15 +21,8 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params, split=SplitParams)
-    rows, parts = split(args.input, params.split, params.seed)
-    tally = Tally()
-    tally.seen(pq.read_metadata(args.input).num_rows)
-    tally.kept(sum(len(r) for r in rows.values()))
-    with atomic_path(args.out) as tmp:
-        tmp.mkdir()
-        # one pass over the input for all three: each batch is decoded once
-        write_many(args.input, {tmp / f"{n}.parquet": (rows[n], None) for n in SPLITS}, desc="split")
-    report = tally.write(args.report, splits=counts(parts), overlap=overlap(parts))
+    tally, extra = split.run(params.split, params.seed, args.input, args.out)
+    report = tally.write(args.report, **extra)
     print(
         "split: "
         + ", ".join(f"{n} {report['splits'][n]['total']}" for n in SPLITS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,9 @@ from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import digest
+from sftpipe.core.jsonio import atomic_path
+from sftpipe.data.split import SPLITS, counts
+from sftpipe.io.columnar import read_column, write_rows
 
 
 class MixParams(Section):
@@ -149,3 +153,36 @@ def mix_eval(table: pa.Table, params: MixParams, seed: int, name: str, tally: Ta
     """`eval_rows` applied to a table in memory."""
     kept = table.take(pa.array(eval_rows(table["source"].to_pylist(), params, seed, name, tally)))
     return kept.append_column("copy", pa.array(np.zeros(kept.num_rows, dtype=np.int32)))
+
+
+def run(params: MixParams, seed: int, src_dir: str | Path, out: str | Path) -> tuple[Tally, dict]:
+    """The stage: write <out>/<split>.parquet (train sampled by weight, val/test down-sampled);
+    return the tally over all splits and the report's extras (per split, per source shares)."""
+    tallies = {n: Tally() for n in SPLITS}
+    src = {n: Path(src_dir) / f"{n}.parquet" for n in SPLITS}
+    # only id and source decide; the heavy columns stream from disk in the order decided here
+    ids, sources = read_column(src["train"], "id"), read_column(src["train"], "source")
+    rows, copies, shares = train_rows(ids, sources, params, seed, tallies["train"])
+    picked = {"train": {"source": [sources[i] for i in rows.tolist()]}}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        write_rows(
+            src["train"], rows, tmp / "train.parquet", extra={"copy": pa.array(copies)}, desc="mix train"
+        )
+        for name in ("val", "test"):
+            sources = read_column(src[name], "source")
+            kept = eval_rows(sources, params, seed, name, tallies[name])
+            zeros = pa.array(np.zeros(len(kept), dtype=np.int32))
+            write_rows(src[name], kept, tmp / f"{name}.parquet", extra={"copy": zeros}, desc=f"mix {name}")
+            picked[name] = {"source": [sources[i] for i in kept.tolist()]}
+        for name in SPLITS:
+            tallies[name].check()
+    total = Tally()
+    for tally in tallies.values():
+        total.merge(tally)
+    extra = {
+        "by_split": {n: t.as_dict() for n, t in tallies.items()},
+        "sources": shares,
+        "splits": counts(picked),
+    }
+    return total, extra

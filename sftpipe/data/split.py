@@ -17,11 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import model_validator
 
+from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import hex_digest
+from sftpipe.core.jsonio import atomic_path
 from sftpipe.core.unionfind import UnionFind
-from sftpipe.io.columnar import ROW_GROUP, read_column, text_hashes
+from sftpipe.io.columnar import ROW_GROUP, read_column, text_hashes, write_many
 
 SPLITS = ("train", "val", "test")
 
@@ -140,3 +142,16 @@ def counts(parts: dict) -> dict[str, dict]:
         per_source = Counter(sources)
         out[name] = {"total": len(sources), "by_source": dict(sorted(per_source.items()))}
     return out
+
+
+def run(params: SplitParams, seed: int, src: str | Path, out: str | Path) -> tuple[Tally, dict]:
+    """The stage: write <out>/<split>.parquet; return the tally and the report's extras."""
+    rows, parts = split(src, params, seed)
+    tally = Tally()
+    tally.seen(pq.read_metadata(src).num_rows)
+    tally.kept(sum(len(r) for r in rows.values()))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        # one pass over the input for all three: each batch is decoded once
+        write_many(src, {tmp / f"{n}.parquet": (rows[n], None) for n in SPLITS}, desc="split")
+    return tally, {"splits": counts(parts), "overlap": overlap(parts)}

@@ -9,21 +9,16 @@ the tokenizer in models/base; writes data/processed/, reports/export.json and re
 import argparse
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
-from sftpipe.core.accounting import Tally
-from sftpipe.core.jsonio import atomic_path, write_json
 from sftpipe.core.params import load_params
+from sftpipe.data import export
 from sftpipe.data.clean.rules import CleanParams
 from sftpipe.data.dedup.params import DedupParams
-from sftpipe.data.export import ExportParams, metadata, sanity, survey, write_outputs
+from sftpipe.data.export import ExportParams
 from sftpipe.data.format.formatter import FormatParams
 from sftpipe.data.mix import MixParams
-from sftpipe.data.split import SPLITS, SplitParams
+from sftpipe.data.split import SplitParams
 from sftpipe.io.sources import Sources
 from sftpipe.runtime import cli
-
-DATA_SECTIONS = ("seed", "sources", "clean", "dedup", "format", "split", "mix", "export")
 
 
 def main() -> None:
@@ -45,26 +40,10 @@ def main() -> None:
         mix=MixParams,
         export=ExportParams,
     )
-    p = params.export
-    splits = {n: Path(args.input) / f"{n}.parquet" for n in SPLITS}
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    facts = survey(splits, p.sanity_samples)
-    checks = sanity(facts, tokenizer, params.format.max_length)
-
-    data_params = {k: v for k, v in params.model_dump(mode="json").items() if k in DATA_SECTIONS}
-    with atomic_path(args.out) as tmp:
-        tmp.mkdir()
-        write_outputs(splits, p.formats, p.parquet, tmp, workers=params.n_workers)
-        write_json(
-            tmp / "metadata.json", metadata(data_params, list(params.sources), facts, Path(args.reports))
-        )
-
-    tally = Tally()
-    tally.seen(sum(f.rows for f in facts.splits.values()))
-    tally.kept(tally.n_in)
-    write_json(Path(args.reports) / "sanity.json", checks)
-    tally.write(Path(args.reports) / "export.json", splits=facts.counts(), formats=list(p.formats))
-    print(f"export: {', '.join(f'{n} {f.rows}' for n, f in facts.splits.items())} -> {args.out}")
+    tally, extra = export.run(params, args.input, args.tokenizer, args.out, args.reports)
+    report = tally.write(Path(args.reports) / "export.json", **extra)
+    sizes = ", ".join(f"{n} {s['total']}" for n, s in report["splits"].items())
+    print(f"export: {sizes} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import orjson
@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
-from sftpipe.core.jsonio import JsonlWriter, atomic_path
-from sftpipe.data.split import _hash
+from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
+from sftpipe.data.split import SPLITS, _hash
 
 Format = Literal["prompt_completion", "text", "sharegpt", "alpaca", "messages"]
 HF_COLUMNS = ("id", "source", "cluster", "copy", "text", "input_ids", "attention_mask", "labels")
@@ -452,3 +453,31 @@ def metadata(data_params: dict, source_names: list[str], survey: Survey, reports
         "params_digest": hashlib.sha256(dumps(data_params)).hexdigest()[:16],
         "sources": sources,
     }
+
+
+# The params sections that shape the dataset, recorded in metadata.json.
+DATA_SECTIONS = ("seed", "sources", "clean", "dedup", "format", "split", "mix", "export")
+
+
+def run(
+    params: Any, src_dir: str | Path, tokenizer_dir: str | Path, out: str | Path, reports_dir: str | Path
+) -> tuple[Tally, dict]:
+    """The stage: check the mixed splits' sanity (reports/sanity.json), then write every format
+    and metadata.json under `out`; returns the tally and the report's extras. `params` holds the
+    DATA_SECTIONS (metadata.json records them)."""
+    from transformers import AutoTokenizer
+
+    p, reports = params.export, Path(reports_dir)
+    splits = {n: Path(src_dir) / f"{n}.parquet" for n in SPLITS}
+    facts = survey(splits, p.sanity_samples)
+    checks = sanity(facts, AutoTokenizer.from_pretrained(tokenizer_dir), params.format.max_length)
+    data_params = {k: v for k, v in params.model_dump(mode="json").items() if k in DATA_SECTIONS}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        write_outputs(splits, p.formats, p.parquet, tmp, workers=params.n_workers)
+        write_json(tmp / "metadata.json", metadata(data_params, list(params.sources), facts, reports))
+    tally = Tally()
+    tally.seen(sum(f.rows for f in facts.splits.values()))
+    tally.kept(tally.n_in)
+    write_json(reports / "sanity.json", checks)
+    return tally, {"splits": facts.counts(), "formats": list(p.formats)}

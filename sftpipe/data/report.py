@@ -22,7 +22,9 @@ import pyarrow.compute as pc
 
 from sftpipe.core.config import Section
 from sftpipe.core.hashing import hex_digest
-from sftpipe.core.jsonio import atomic_path
+from sftpipe.core.jsonio import atomic_path, write_json, write_jsonl
+from sftpipe.data.card import render
+from sftpipe.data.split import SPLITS
 from sftpipe.io.columnar import batches, num_rows
 
 STAGES = ("distill", "clean", "dedup", "format", "split", "mix", "export")
@@ -223,3 +225,28 @@ def metrics(parts: dict[str, Split], reports: Path, by: dict[tuple[str, str], np
         "tokens": tokens,
         "mix_shares": {s: v.get("share") for s, v in sorted(mix.items())},
     }
+
+
+def run(p: ReportParams, sources: dict, src_dir: str | Path, reports_dir: str | Path) -> dict:
+    """The stage: metrics.json, the manifest, samples, plots and the dataset card under
+    `reports_dir`, from the mixed splits in `src_dir` and the other stages' reports; returns the
+    metrics."""
+    reports = Path(reports_dir)
+    parts = {n: Path(src_dir) / f"{n}.parquet" for n in SPLITS}  # read column by column
+    by = lengths(parts)
+    m = metrics(parts, reports, by)
+    write_json(reports / "metrics.json", m)
+    write_manifest(manifest_rows(parts), reports, p.manifest_shards)
+    with atomic_path(reports / "samples") as tmp:
+        tmp.mkdir()
+        for source, rows in samples(parts, p.samples_per_source).items():
+            write_jsonl(tmp / f"{source}.jsonl", rows)
+    write_csv(reports / "plots" / "token_lengths.csv", histogram_rows(by))
+    shares = {s: v for s, v in m["mix_shares"].items() if v is not None}
+    write_csv(reports / "plots" / "mix_shares.csv", [{"source": s, "share": v} for s, v in shares.items()])
+    plot_pngs(reports / "plots", by, shares)
+
+    fmt = orjson.loads((reports / "format.json").read_bytes()) if (reports / "format.json").exists() else {}
+    with atomic_path(reports / "dataset_card.md") as tmp:
+        tmp.write_text(render(p.dataset_name, sources, m, fmt, languages(parts)), encoding="utf-8")
+    return m

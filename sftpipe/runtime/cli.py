@@ -26,51 +26,44 @@ def run(main: Callable[[], object], stage: str | None = None) -> None:
         track(stage)
 
 
-def _paths(entries: list | None) -> list[str]:
-    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+def dvc_stage(name: str) -> dict | None:
+    """The stage as DVC itself resolves it (a foreach item included): the values of the params
+    it declares, its deps, outs and metrics files; None outside a DVC repo or for an unknown name."""
+    from dvc.api import params_show
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
-
-def dvc_stage(stage: str, key: str | None = None, dvc_yaml: str | Path = "dvc.yaml") -> dict | None:
-    """The stage's entry in dvc.yaml (a foreach stage's `do`, with `${key}` filled), or None."""
-    import yaml
-
-    path = Path(dvc_yaml)
-    if not path.is_file():
+    try:
+        with Repo() as repo:
+            (stage,) = repo.stage.collect(name)
+        params = params_show(stages=[name])
+    except (DvcException, ValueError):
         return None
-    spec = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage)
-    if spec is None:
-        return None
-    if "foreach" in spec:
-        text = yaml.safe_dump(spec["do"]).replace("${key}", str(key))
-        spec = yaml.safe_load(text)
-    return spec
+    return {
+        "params": params,
+        "deps": [d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)],
+        "outs": [o.def_path for o in stage.outs],
+        "metrics": [o.def_path for o in stage.outs if o.metric],
+    }
 
 
-def track(stage: str, params_file: str = "params.yaml") -> None:
+def track(stage: str) -> None:
     """Log a finished stage: the params it declares, its metrics files, digests of deps and outs."""
-    from sftpipe.core.config import load_yaml
     from sftpipe.core.jsonio import loads
     from sftpipe.runtime import tracking
 
     if not tracking.enabled():
         return
     key = sys.argv[1] if stage == "ingest" and len(sys.argv) > 1 else None
-    spec = dvc_stage(stage, key)
-    if spec is None or not Path(params_file).is_file():
+    name = f"{stage}@{key}" if key else stage
+    spec = dvc_stage(name)
+    if spec is None:
         return
-    all_params = load_yaml(params_file)
-    params = {}
-    for name in spec.get("params", []):
-        node = all_params
-        for part in str(name).split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        params[str(name)] = node
     metrics = {}
-    for m in _paths(spec.get("metrics")):
+    for m in spec["metrics"]:
         if Path(m).is_file():
             metrics.update(tracking.flatten(loads(Path(m).read_bytes()), Path(m).stem))
-    outs = _paths(spec.get("outs")) + _paths(spec.get("metrics"))
-    name = f"{stage}@{key}" if key else stage
     tracking.log_stage(
-        name, params, metrics=tracking.numeric(metrics), deps=_paths(spec.get("deps")), outs=outs
+        name, spec["params"], metrics=tracking.numeric(metrics), deps=spec["deps"], outs=spec["outs"]
     )

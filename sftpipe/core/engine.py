@@ -22,15 +22,18 @@ import multiprocessing
 import os
 import pickle
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sftpipe.core.errors import SftpipeError
 
 Engine = Literal["local", "ray"]
 BLOCK = 16 << 20  # bytes read at a time while counting lines
+
+T = TypeVar("T")  # a task: a `Part`, or any picklable object a stage cuts its work into
+R = TypeVar("R")  # what `fn` returns for one task
 
 
 class EngineError(SftpipeError, RuntimeError):
@@ -99,7 +102,7 @@ def _init_local(setup: Callable, setup_args: tuple) -> None:
     _STATE["state"] = setup(*setup_args)
 
 
-def _run_local(fn: Callable, part: Part):
+def _run_local(fn: Callable, part: Any):
     return fn(_STATE["state"], part)
 
 
@@ -108,14 +111,14 @@ def _no_state() -> None:
 
 
 def ordered_map(
-    fn: Callable[[Any, Part], Any],
-    parts: list[Part],
+    fn: Callable[[Any, T], R],
+    parts: Sequence[T],
     *,
     setup: Callable[..., Any] = _no_state,
     setup_args: tuple = (),
     engine: Engine = "local",
     workers: int = 1,
-) -> Iterator[Any]:
+) -> Iterator[R]:
     """`fn(state, part)` for every part, yielded in part order; `state = setup(*setup_args)` is
     built once per worker (compiled patterns, a tokenizer). At most a few parts per worker are in
     flight, so memory stays flat however large the input. `fn`, `setup` and `setup_args` travel
@@ -181,7 +184,7 @@ def init_ray(workers: int) -> None:
 class _RayWorker:
     """A Ray Data actor: builds the state once, then runs `fn` on each part it is handed."""
 
-    def __init__(self, fn: Callable, setup: Callable, setup_args: tuple, parts: list[Part]):
+    def __init__(self, fn: Callable, setup: Callable, setup_args: tuple, parts: Sequence[Any]):
         self.fn, self.parts = fn, parts
         self.state = setup(*setup_args)
 

@@ -4,16 +4,20 @@ a cluster, split's first row of a group. One implementation for both, with path 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 
+# the ranks as given: dedup indexes them with arrays, so it keeps them an array
+RankT = TypeVar("RankT", Sequence[int], np.ndarray)
 
-class UnionFind:
+
+class UnionFind(Generic[RankT]):
     """Union-find over `len(rank)` members; `rank` decides which member is the root."""
 
-    def __init__(self, rank: Sequence[int] | np.ndarray):
+    def __init__(self, rank: RankT):
         self.parent = list(range(len(rank)))
-        self.rank = rank
+        self.rank: RankT = rank
 
     def find(self, i: int) -> int:
         parent = self.parent

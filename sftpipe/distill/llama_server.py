@@ -205,7 +205,7 @@ def _serve(argv: list[str]) -> None:
             self.reset()
             return complete(self, *args, **kwargs)
 
-        Llama.create_chat_completion = from_scratch
+        Llama.create_chat_completion = from_scratch  # type: ignore[method-assign]  # a deliberate patch
     from llama_cpp.server.__main__ import main
 
     sys.argv = ["llama_cpp.server", *argv]

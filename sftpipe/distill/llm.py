@@ -87,9 +87,12 @@ class Endpoint:
     ) -> Endpoint:
         """`local_urls` serve endpoints without a base_url; `local_identity` names what they serve
         (model file, chat format), so cached answers of another local model are never reused."""
-        if spec.base_url is None and not local_urls:
+        if spec.base_url is not None:
+            urls = [spec.base_url]
+        elif local_urls:
+            urls = list(local_urls)
+        else:
             raise EndpointError(f"{name}: base_url is null but no local server is running")
-        urls = list(local_urls) if spec.base_url is None else [spec.base_url]
         return cls(name, urls, spec, identity_of(spec, local_identity), read_key(name, spec))
 
 
@@ -235,8 +238,9 @@ class LLMClient:
     async def complete(self, request: dict) -> Reply:
         """One chat completion (`request` holds messages, temperature, seed...; the model is added)."""
         request = {"model": self.spec.model, **request}
-        key = RequestCache.key(self.endpoint.identity, request) if self.cache is not None else None
-        if key is not None and (hit := self.cache.get(key)) is not None:
+        cache = self.cache
+        key = RequestCache.key(self.endpoint.identity, request) if cache is not None else None
+        if cache is not None and key is not None and (hit := cache.get(key)) is not None:
             self.stats["cache_hits"] += 1
             return Reply(True, hit["content"], hit.get("finish_reason"), cached=True)
         if self.cache_only:
@@ -257,8 +261,8 @@ class LLMClient:
                     self.stats["retries"] += 1
                     await asyncio.sleep(self._delay(attempt, exc.after))
                 continue
-            if key is not None:
-                self.cache.put(key, {"content": content, "finish_reason": finish})
+            if cache is not None and key is not None:
+                cache.put(key, {"content": content, "finish_reason": finish})
             return Reply(True, content, finish)
         self.stats["failed"] += 1
         return Reply(False, error=reason)

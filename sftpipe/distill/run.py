@@ -23,7 +23,7 @@ from tqdm import tqdm
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
-from sftpipe.core.records import make_record, message
+from sftpipe.core.records import Record, make_record, message
 from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
 from sftpipe.distill.llm import (
     Balancer,
@@ -177,6 +177,7 @@ class _Run:
 
     def judge_request(self, name: str, unit: Unit) -> dict:
         spec = self.specs[name]
+        assert unit.pair is not None  # only a unit with a pair is judged (`unit`)
         values = {"content": unit.chunk.content, **unit.pair}
         req = {
             "messages": [
@@ -313,12 +314,13 @@ def _write(params: DistillParams, slices, chunks, units: list[Unit], out_dir) ->
             tally.seen(len(slices) * n)
             tally.expand((len(chunks) - len(slices)) * n)
             for u in sorted(units, key=lambda u: u.index):
+                assert u.reply is not None  # `_answer` ran every unit
                 raw.write({"slice": u.chunk.id, "sample": u.sample, **u.reply.as_dict()})
                 where = {"slice": u.chunk.id, "sample": u.sample}
                 if u.pair is None:
                     tally.drop(u.status, {"content": u.reply.content, "error": u.reply.error}, **where)
                     continue
-                record = _record(u)
+                record = _record(u, u.pair)
                 judging = {"judges": dict(sorted(u.verdicts.items())), "score": u.score, "votes": u.votes}
                 scored.write({**where, "id": record["id"], **u.pair, **judging, "status": u.status})
                 if u.status == "kept":
@@ -332,8 +334,7 @@ def _write(params: DistillParams, slices, chunks, units: list[Unit], out_dir) ->
     return tally, metadata
 
 
-def _record(u: Unit) -> dict:
-    pair = u.pair
+def _record(u: Unit, pair: dict) -> Record:
     user = pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
     meta = {
         "format": SOURCE,
@@ -350,6 +351,15 @@ def _record(u: Unit) -> dict:
     if u.chunk.metadata:
         meta["slice_metadata"] = u.chunk.metadata
     return make_record(SOURCE, [message("user", user), message("assistant", pair["response"])], meta, u.key)
+
+
+def _kept_scores(units: list[Unit]) -> list[float]:
+    kept = []
+    for u in units:
+        if u.status == "kept":
+            assert u.score is not None  # `decide` scores every unit it keeps
+            kept.append(u.score)
+    return kept
 
 
 def _metadata(params: DistillParams, slices, chunks, units: list[Unit], tally: Tally) -> dict:
@@ -373,7 +383,7 @@ def _metadata(params: DistillParams, slices, chunks, units: list[Unit], tally: T
     }
     generation = Counter(u.status if u.pair is None else "valid" for u in units)
     failed = Counter(u.reply.error for u in units if u.reply is not None and not u.reply.ok)
-    kept = [u.score for u in units if u.status == "kept"]
+    kept = _kept_scores(units)
 
     def where(e: EndpointSpec) -> str:
         return e.base_url or f"local:{Path(params.local.gguf or DEFAULT_GGUF).name}"

@@ -60,7 +60,8 @@ def _pack(pieces: list[str], limit: int, sep: str) -> list[str]:
 
 def read_slices(path: str | Path) -> list[dict]:
     """The slices of `path` as {"id", "content", "metadata"}; an id is a content hash when absent."""
-    slices, seen = [], {}
+    slices: list[dict] = []
+    seen: dict[str, str] = {}  # id -> where the slice is
     if not Path(path).is_file():
         raise DistillError(f"distill.slices: no such file {path}")
     try:

@@ -13,7 +13,7 @@ from sftpipe.core.unionfind import UnionFind
 from sftpipe.data.dedup.scan import Scan
 
 
-def replay(uf: UnionFind, pairs: np.ndarray, same: np.ndarray) -> np.ndarray:
+def replay(uf: UnionFind[np.ndarray], pairs: np.ndarray, same: np.ndarray) -> np.ndarray:
     """Replay the verdicts in pair order through the clusters, as one loop over all pairs would:
     a pair whose records are already joined by earlier pairs is skipped, a `same` one (verified a
     duplicate) joins them. Applies the joins to `uf`; returns which pairs were skipped.
@@ -70,7 +70,7 @@ def ranks(scan: Scan, priority: list[str]) -> np.ndarray:
     return rank
 
 
-def join_exact(uf: UnionFind, keys: np.ndarray, alive: np.ndarray) -> None:
+def join_exact(uf: UnionFind[np.ndarray], keys: np.ndarray, alive: np.ndarray) -> None:
     """Join the `alive` records of the same exact key: each group chained in rank order, so its
     best member is the root."""
     by_key = alive[np.lexsort((uf.rank[alive], keys[alive]))]
@@ -79,6 +79,6 @@ def join_exact(uf: UnionFind, keys: np.ndarray, alive: np.ndarray) -> None:
         uf.union(a, b)
 
 
-def roots(uf: UnionFind) -> np.ndarray:
+def roots(uf: UnionFind[np.ndarray]) -> np.ndarray:
     """The cluster root of every record."""
     return np.array([uf.find(i) for i in range(len(uf.rank))], dtype=np.int64)

@@ -8,7 +8,7 @@ A text shorter than `n` tokens cannot be matched and is counted as `too_short`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ def _strings(value) -> Iterator[str]:
 class EvalIndex:
     """Sorted n-gram hashes of all evaluation sets, each hash with a bit mask of the sets holding it."""
 
-    def __init__(self, sets: dict[str, str | Path], n: int):
+    def __init__(self, sets: Mapping[str, str | Path], n: int):
         if len(sets) > 64:
             raise EvalSetError(f"dedup.decontaminate.sets: at most 64 sets (got {len(sets)})")
         self.n = n

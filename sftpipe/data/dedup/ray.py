@@ -61,14 +61,20 @@ def ray_candidate_pairs(sigs: np.ndarray, bands: int, max_bucket: int, workers: 
         )
         for lo in range(0, n, LSH_ROWS_PER_BLOCK)
     ]
-    ds = ray.data.from_arrow(blocks)
+    ds: ray.data.Dataset = ray.data.from_arrow(blocks)
     # this dataset's own context: a sort shuffle measured far faster here than a hash shuffle
     ds.context.shuffle_strategy = "sort_shuffle_pull_based"
+    # Ray's stubs type the function as taking the batch alone: they miss what fn_kwargs passes
     ds = ds.map_batches(
-        band_rows, fn_kwargs={"bands": bands, "shards": shards}, batch_size=None, batch_format="numpy"
+        band_rows,  # type: ignore[arg-type]
+        fn_kwargs={"bands": bands, "shards": shards},
+        batch_size=None,
+        batch_format="numpy",
     )
     ds = ds.groupby("shard", num_partitions=max(1, workers)).map_groups(
-        shard_pairs, fn_kwargs={"max_bucket": max_bucket, "n": n}, batch_format="numpy"
+        shard_pairs,  # type: ignore[arg-type]  # as above: fn_kwargs
+        fn_kwargs={"max_bucket": max_bucket, "n": n},
+        batch_format="numpy",
     )
     return unique_pairs([b["code"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")], n)
 
@@ -89,7 +95,8 @@ def verify_tasks(jobs: list, fn: Callable[[Any, Any], np.ndarray], ctx: Any, wor
     init_ray(workers)
     rows = [{"index": j.index, "task": pickle.dumps(j, protocol=5)} for j in jobs]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        _task_rows, fn_kwargs={"fn": fn, "ctx": ctx}, batch_size=1,
+        _task_rows,  # type: ignore[arg-type]  # Ray's stubs miss what fn_kwargs passes
+        fn_kwargs={"fn": fn, "ctx": ctx}, batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=max(1, workers)), num_cpus=1,
     )  # fmt: skip
     for expected, row in enumerate(ds.iter_rows()):

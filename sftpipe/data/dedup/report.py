@@ -87,6 +87,7 @@ def write_records(
                         tally.kept()
                         src.kept()
                     elif why.startswith("contaminated:"):
+                        assert index is not None  # only a scan with an index marks records contaminated
                         sets = index.set_names(int(scan.cmask[i]))
                         tally.drop(why, rec, eval_sets=sets, matching_ngrams=int(scan.ccount[i]))
                         src.drop(why)

@@ -102,7 +102,7 @@ def dedup(
 
 def _exact_and_near(
     scan: Scan, params: DedupParams, engine: Engine, workers: int
-) -> tuple[UnionFind, np.ndarray, dict]:
+) -> tuple[UnionFind[np.ndarray], np.ndarray, dict]:
     """Union-find over all records after the exact and near-duplicate passes, the exact-group
     root of each record, and the near pass's counters."""
     uf = UnionFind(ranks(scan, params.priority))
@@ -118,19 +118,24 @@ def _exact_and_near(
 
 
 def _near(
-    scan: Scan, uf: UnionFind, reps: np.ndarray, near: NearParams, engine: Engine, workers: int
+    scan: Scan, uf: UnionFind[np.ndarray], reps: np.ndarray, near: NearParams, engine: Engine, workers: int
 ) -> dict:
     """Join near-duplicates among the exact-group representatives `reps`: LSH candidate pairs,
     those the bounds reject unread, the others verified, the verdicts replayed in pair order.
     Returns the pass's counters."""
+    sigs, bags = scan.sigs, scan.bags
+    # the scan keeps both whenever near is on, and this runs only then (`_exact_and_near`)
+    assert sigs is not None and bags is not None
     if engine == "ray":
-        found = ray_candidate_pairs(scan.sigs[reps], near.bands, near.max_bucket, workers)
+        found = ray_candidate_pairs(sigs[reps], near.bands, near.max_bucket, workers)
     else:
-        found = candidate_pairs(scan.sigs[reps], near.bands, near.max_bucket)
+        found = candidate_pairs(sigs[reps], near.bands, near.max_bucket)
     pairs = reps[found]
     scan.sigs = None
-    status = rejected_unread(pairs, scan.bags, scan.n_tok, scan.n_qtok, near)
+    del sigs  # the signatures' memory goes now
+    status = rejected_unread(pairs, bags, scan.n_tok, scan.n_qtok, near)
     scan.bags = None
+    del bags
     close = np.flatnonzero(status == TO_VERIFY)
     status[close] = check_pairs(pairs[close], scan.locations(), near, str(scan.tmp), engine, workers)
     joined = replay(uf, pairs, status == SAME)
@@ -151,7 +156,7 @@ def _near(
 
 
 def _semantic(
-    scan: Scan, uf: UnionFind, alive: np.ndarray, near_root: np.ndarray, sem: SemanticParams
+    scan: Scan, uf: UnionFind[np.ndarray], alive: np.ndarray, near_root: np.ndarray, sem: SemanticParams
 ) -> dict:
     """Join the near-cluster survivors whose embeddings are close; returns the pass's counters."""
     from sftpipe.data.dedup.semantic import embed, similar_pairs
@@ -176,6 +181,7 @@ def _reasons(
     that joined it to its cluster."""
     reason = np.full(len(root), "", dtype=object)
     for i in np.flatnonzero(scan.cmask != 0).tolist():
+        assert index is not None  # only a scan with an index marks records contaminated
         reason[i] = "contaminated:" + index.set_names(int(scan.cmask[i]))[0]
     for i in alive.tolist():
         r = root[i]

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 import orjson
+from numpy.typing import DTypeLike
 from tqdm import tqdm
 
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
@@ -138,6 +139,7 @@ def scan_part(ctx: dict, part: Part) -> dict | None:
             for k, v in out.items():
                 got[k].append(v)
             if near:
+                assert tokens is not None  # the spill file is open whenever near is on
                 cp.tofile(tokens)
                 moffs.append(moff[1:] + n_tok)
                 roles.append(role)
@@ -228,7 +230,10 @@ class Scan:
         self.source_names = names
         self.sources = np.array([code[s] for p in got["sources"] for s in p], dtype=np.int32)
         n = len(self.ids)
-        cat = lambda key, dtype: np.concatenate(got[key]) if got[key] else np.zeros(n, dtype=dtype)  # noqa: E731
+
+        def cat(key: str, dtype: DTypeLike) -> np.ndarray:
+            return np.concatenate(got[key]) if got[key] else np.zeros(n, dtype=dtype)
+
         self.scores = cat("scores", np.int64)
         self.keys = cat("keys", np.uint64)
         self.empty = cat("empty", bool)

@@ -45,7 +45,10 @@ def embed(texts: Iterable[str], model: str, batch_size: int, max_seq_length: int
 
     encoder = SentenceTransformer(str(model_dir(model)), device="cpu", local_files_only=True)
     encoder.max_seq_length = max_seq_length
-    out = np.zeros((total, encoder.get_embedding_dimension()), dtype=np.float32)
+    dim = encoder.get_embedding_dimension()
+    if dim is None:
+        raise ModelError(f"dedup.semantic.model: {model!r} does not say its embedding dimension")
+    out = np.zeros((total, dim), dtype=np.float32)
     batch: list[str] = []
     done = 0
     progress = tqdm(total=total, desc="dedup semantic embed", unit=" rec", disable=None)

@@ -139,6 +139,7 @@ def _verify_in_order(near: NearParams, tmp: str, pairs: np.ndarray, where: np.nd
             if len(seen) >= SEEN_RECORDS:
                 seen.clear()
             conv_b = seen[b] = tokens.conversation(*where_b)
+        assert conv_a is not None  # read above: the first pair verified has a != last (None)
         if verify(conv_a, conv_b, near):
             clusters.union(la, lb)
             out[k] = SAME

@@ -124,6 +124,18 @@ def _example(r: dict | None, rid: str) -> str:
     return f"- `{rid}` ({r.get('split')})\n{turns}"
 
 
+def _repetition(head: Revision) -> list[str]:
+    """A warning for each source that mix capped at `mix.max_repeat`: its rows would have been
+    repeated more often than the params allow, so the mix is not what the weights asked for."""
+    sources = orjson.loads(head.read("reports/mix.json") or "{}").get("sources", {})
+    capped = {s: v for s, v in sources.items() if isinstance(v, dict) and v.get("capped")}
+    return [
+        f"> **Warning:** mix capped `{s}` at `mix.max_repeat`: each row {v['repeat']:g} times, "
+        f"{v['capped']:,} rows not added."
+        for s, v in sorted(capped.items())
+    ] + ([""] if capped else [])
+
+
 def render(base: Revision, head: Revision, details: bool = True, max_sources: int | None = None) -> str:
     lines = [f"## Dataset review: `{base.label()}` → `{head.label()}`", ""]
     pb = flatten(yaml.safe_load(base.read("params.yaml") or "{}") or {})
@@ -136,6 +148,7 @@ def render(base: Revision, head: Revision, details: bool = True, max_sources: in
         ]
     else:
         lines.append("No params changed.")
+    lines += _repetition(head)
     mb = flatten(orjson.loads(base.read("reports/metrics.json") or "{}"))
     mh = flatten(orjson.loads(head.read("reports/metrics.json") or "{}"))
     moved = sorted(k for k in mb.keys() | mh.keys() if mb.get(k) != mh.get(k))

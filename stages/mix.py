@@ -9,6 +9,7 @@ import argparse
 from sftpipe.core.params import load_params
 from sftpipe.data import mix
 from sftpipe.data.mix import MixParams
+from sftpipe.io.sources import Sources
 from sftpipe.runtime import cli
 
 
@@ -20,8 +21,10 @@ def main() -> None:
     ap.add_argument("--report", default="reports/mix.json", help="accounting, targets and shares")
     args = ap.parse_args()
 
-    params = load_params(args.params, mix=MixParams)
-    tally, extra = mix.run(params.mix, params.seed, args.input, args.out)
+    params = load_params(args.params, sources=Sources, mix=MixParams)
+    # distill's pairs are a source of their own
+    known = [*params.sources, "distill"]
+    tally, extra = mix.run(params.mix, params.seed, args.input, args.out, known)
     shares = tally.write(args.report, **extra)["sources"]
     print("mix: train " + ", ".join(f"{s} {v['target']} ({v['share']:.1%})" for s, v in shares.items()))
 

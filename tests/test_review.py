@@ -72,3 +72,12 @@ def test_huge_reviews_stay_under_githubs_limit(tmp_path):
     write_state(repo, 3, rows, {})
     md = review(repo, "HEAD", None)
     assert len(md) < LIMIT and "more sources" in md and "<details>" not in md
+
+
+def test_review_warns_when_mix_capped_a_source(tmp_path):
+    repo = make_repo(tmp_path)
+    mix = {"sources": {"a": {"repeat": 4.0, "capped": 92}, "c": {"repeat": 1.0, "capped": 0}}}
+    (repo / "reports" / "mix.json").write_text(json.dumps(mix))
+    md = review(repo, "HEAD", None)
+    assert "mix capped `a` at `mix.max_repeat`: each row 4 times, 92 rows not added" in md
+    assert "capped `c`" not in md

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import random
+import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -25,10 +28,17 @@ from sftpipe.io.columnar import read_column, write_rows
 
 
 class MixParams(Section):
+    weighting: Literal["multiplier", "share"] = "multiplier"
+    """How `weights` apply. multiplier: a source keeps its train rows times its weight (1 as it is, 2
+    each row twice, 0.5 half), so unnamed sources keep their size; share: each source gets
+    weight / sum of weights of the train split, whatever its size."""
     weights: dict[str, float] = {}
-    """Relative weight per source (0 excludes it); a source not named keeps weight 1."""
+    """Weight per source (0 excludes it); a source not named weighs 1. See `weighting`."""
+    max_repeat: float = 4.0
+    """Most times one row may appear in train; a source asking for more is capped there, with a
+    warning and a count under `capped` in reports/mix.json."""
     train_size: int | None = None
-    """Rows in the mixed train split; null keeps the natural size (all available train rows)."""
+    """Rows in the mixed train split (targets scaled to it); null: the weighted natural size."""
     val_size: int | None = None
     """Down-sample val to at most this many rows (seeded, without replacement); null keeps all."""
     test_size: int | None = None
@@ -42,30 +52,62 @@ class MixParams(Section):
             raise ValueError(f"weights must be >= 0 (got {bad})")
         return weights
 
+    @field_validator("max_repeat")
+    @classmethod
+    def _at_least_one(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("max_repeat must be at least 1 (1: no row repeated)")
+        return v
+
+    @field_validator("train_size", "val_size", "test_size")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1, or null")
+        return v
+
 
 class MixError(SftpipeError, ValueError):
     """Weights that cannot be applied (an unknown source, nothing left to train on)."""
 
 
-def targets(available: dict[str, int], weights: dict[str, float], size: int | None) -> dict[str, int]:
-    """Rows to take per source: shares from the weights, rounded by largest remainder so they sum to size."""
-    unknown = sorted(set(weights) - set(available))
-    if unknown:
-        raise MixError(f"mix.weights names sources with no train rows: {unknown} (have: {sorted(available)})")
-    w = {s: weights.get(s, 1.0) for s in available if weights.get(s, 1.0) > 0}
-    if not w:
-        raise MixError("mix.weights exclude every source: nothing to train on")
-    if size is None:
-        if all(v == 1.0 for v in w.values()):
-            return {s: available[s] for s in sorted(w)}
-        # Natural size, reweighted: as many rows as the kept sources have, shared by weight.
-        size = sum(available[s] for s in w)
-    total = sum(w.values())
-    exact = {s: size * w[s] / total for s in sorted(w)}
+def _round(exact: dict[str, float], size: int) -> dict[str, int]:
+    """Integers summing to `size`, by largest remainder (ties by name)."""
     out = {s: math.floor(x) for s, x in exact.items()}
     for s in sorted(exact, key=lambda s: (out[s] - exact[s], s))[: size - sum(out.values())]:
         out[s] += 1
     return out
+
+
+def targets(available: dict[str, int], params: MixParams) -> tuple[dict[str, int], dict[str, int]]:
+    """Train rows to take per source, and how many each lost to `max_repeat`.
+
+    multiplier: available x weight; share: weight / sum of weights of the total. The total is
+    `train_size`, else the weighted natural size (multiplier) or all kept rows (share). Sources
+    named in `weights` with no train rows take none."""
+    w = {s: params.weights.get(s, 1.0) for s in sorted(available) if params.weights.get(s, 1.0) > 0}
+    w = {s: v for s, v in w.items() if available[s] > 0}
+    if not w:
+        raise MixError("mix.weights exclude every source with train rows: nothing to train on")
+    if params.weighting == "multiplier":
+        exact = {s: available[s] * v for s, v in w.items()}
+        size = params.train_size if params.train_size is not None else round(sum(exact.values()))
+        scale = size / sum(exact.values())
+        want = _round({s: x * scale for s, x in exact.items()}, size)
+    else:
+        size = params.train_size if params.train_size is not None else sum(available[s] for s in w)
+        want = _round({s: size * v / sum(w.values()) for s, v in w.items()}, size)
+    capped = {s: n - math.floor(available[s] * params.max_repeat) for s, n in want.items()}
+    capped = {s: c for s, c in capped.items() if c > 0}
+    for s, c in capped.items():
+        want[s] -= c
+        print(
+            f"warning: mix: source {s} would repeat each of its {available[s]} train rows "
+            f"{(want[s] + c) / available[s]:.1f} times; capped at mix.max_repeat {params.max_repeat:g} "
+            f"({c} rows not added)",
+            file=sys.stderr,
+        )
+    return want, capped
 
 
 def _rng(seed: int, *parts: str) -> random.Random:
@@ -93,7 +135,7 @@ def train_rows(
     for i, s in enumerate(sources):
         rows_of.setdefault(s, []).append(i)
     available = {s: len(v) for s, v in sorted(rows_of.items())}
-    want = targets(available, params.weights, params.train_size)
+    want, capped = targets(available, params)
     idx, copies = [], []
     for s, n in want.items():
         for i, c in sample(available[s], n, _rng(seed, "mix", s)):
@@ -120,7 +162,9 @@ def train_rows(
             "weight": params.weights.get(s, 1.0),
             "target": want.get(s, 0),
             "share": round(want.get(s, 0) / total, 6),
+            "repeat": round(want.get(s, 0) / available[s], 3),
             "upsampled": want.get(s, 0) > available[s],
+            "capped": capped.get(s, 0),
         }
         for s in available
     }
@@ -155,9 +199,17 @@ def mix_eval(table: pa.Table, params: MixParams, seed: int, name: str, tally: Ta
     return kept.append_column("copy", pa.array(np.zeros(kept.num_rows, dtype=np.int32)))
 
 
-def run(params: MixParams, seed: int, src_dir: str | Path, out: str | Path) -> tuple[Tally, dict]:
+def run(
+    params: MixParams, seed: int, src_dir: str | Path, out: str | Path, known: Iterable[str]
+) -> tuple[Tally, dict]:
     """The stage: write <out>/<split>.parquet (train sampled by weight, val/test down-sampled);
-    return the tally over all splits and the report's extras (per split, per source shares)."""
+    return the tally over all splits and the report's extras (per split, per source shares).
+    `known`: the source names that exist (a weight for any other is a typo)."""
+    unknown = sorted(set(params.weights) - set(known))
+    if unknown:
+        raise MixError(
+            f"mix.weights: no source named {', '.join(unknown)} (have: {', '.join(sorted(known))})"
+        )
     tallies = {n: Tally() for n in SPLITS}
     src = {n: Path(src_dir) / f"{n}.parquet" for n in SPLITS}
     # only id and source decide; the heavy columns stream from disk in the order decided here

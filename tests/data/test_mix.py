@@ -7,6 +7,7 @@ import pytest
 from sftpipe.core.accounting import Tally
 from sftpipe.data.mix import MixError, MixParams, mix_eval, mix_train, sample, targets
 from sftpipe.data.mix import _rng as rng
+from sftpipe.data.mix import run as mix_run
 from tests.conftest import format_table
 
 
@@ -14,18 +15,38 @@ def table(**sizes):
     return format_table([{"id": f"{s}/{i}", "source": s} for s, n in sizes.items() for i in range(n)])
 
 
-def test_targets_by_weight_sum_to_size():
-    assert targets({"a": 100, "b": 50}, {}, None) == {"a": 100, "b": 50}
-    assert targets({"a": 100, "b": 50}, {"a": 1, "b": 3}, 200) == {"a": 50, "b": 150}
-    assert targets({"a": 10, "b": 10, "c": 10}, {}, 10) == {"a": 4, "b": 3, "c": 3}
-    assert targets({"a": 100, "b": 50}, {"b": 0}, None) == {"a": 100}
+def _targets(available, weights=None, size=None, **kw):
+    return targets(available, MixParams(weights=weights or {}, train_size=size, **kw))[0]
 
 
-def test_unknown_or_all_zero_weights_fail():
-    with pytest.raises(MixError, match=r"names sources with no train rows: \['c'\]"):
-        targets({"a": 1}, {"c": 1}, None)
-    with pytest.raises(MixError, match="exclude every source"):
-        targets({"a": 1}, {"a": 0}, None)
+def test_multipliers_keep_natural_proportions_and_scale_one_source():
+    assert _targets({"a": 100, "b": 50}) == {"a": 100, "b": 50}  # every weight 1: as it is
+    assert _targets({"a": 100, "b": 50}, {"b": 2}) == {"a": 100, "b": 100}  # b doubled, a untouched
+    assert _targets({"a": 100, "b": 2}, {"b": 1.01}) == {"a": 100, "b": 2}  # no jump at 1.01
+    assert _targets({"a": 100, "b": 50}, {"b": 0}) == {"a": 100}
+    assert _targets({"a": 100, "b": 50}, {"a": 0.5}, 150) == {"a": 75, "b": 75}  # scaled to size
+
+
+def test_shares_split_the_total_by_weight_whatever_the_sizes():
+    assert _targets({"a": 100, "b": 50}, {"a": 1, "b": 3}, 200, weighting="share") == {"a": 50, "b": 150}
+    assert _targets({"a": 10, "b": 10, "c": 10}, {}, 10, weighting="share") == {"a": 4, "b": 3, "c": 3}
+    assert _targets({"a": 100, "b": 50}, {}, None, weighting="share") == {"a": 75, "b": 75}
+
+
+def test_max_repeat_caps_upsampling_and_says_so(capsys):
+    want, capped = targets({"a": 100, "b": 2}, MixParams(weights={"b": 50}, max_repeat=4))
+    assert want == {"a": 100, "b": 8} and capped == {"b": 92}
+    assert "source b would repeat" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_repeat"):
+        MixParams(max_repeat=0.5)
+
+
+def test_all_zero_weights_fail_and_unknown_sources_are_named(tmp_path):
+    with pytest.raises(MixError, match="nothing to train on"):
+        _targets({"a": 1}, {"a": 0})
+    assert _targets({"a": 5}, {"c": 2}) == {"a": 5}  # a known source with no train rows takes none
+    with pytest.raises(MixError, match="no source named c"):
+        mix_run(MixParams(weights={"c": 1}), 1, tmp_path, tmp_path / "out", known=["a"])
 
 
 def test_sample_repeats_whole_copies_then_a_subset():
@@ -38,11 +59,22 @@ def test_sample_repeats_whole_copies_then_a_subset():
 def test_mix_train_up_and_down_sampling_and_accounting():
     t = Tally()
     mixed, shares = mix_train(
-        table(a=10, b=40), MixParams(weights={"a": 1, "b": 1}, train_size=40), seed=1, tally=t
+        table(a=10, b=40),
+        MixParams(weights={"a": 1, "b": 1}, weighting="share", train_size=40),
+        seed=1,
+        tally=t,
     )
     counts = Counter(mixed["source"].to_pylist())
     assert counts == {"a": 20, "b": 20}
-    assert shares["a"] == {"available": 10, "weight": 1, "target": 20, "share": 0.5, "upsampled": True}
+    assert shares["a"] == {
+        "available": 10,
+        "weight": 1,
+        "target": 20,
+        "share": 0.5,
+        "repeat": 2.0,
+        "upsampled": True,
+        "capped": 0,
+    }
     assert (t.n_in, t.n_out, t.expanded, dict(t.dropped)) == (50, 40, 10, {"downsampled": 20})
     t.check()
     a_ids = [i for i, s in zip(mixed["id"].to_pylist(), mixed["source"].to_pylist(), strict=True) if s == "a"]

@@ -151,19 +151,45 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _colours(sources: list[str]) -> dict[str, tuple]:
+    """One colour per source, the same in every panel and every run (sorted names, tab10)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {s: cmap(i % 10) for i, s in enumerate(sorted(sources))}
+
+
 def plot_pngs(plots: Path, by: dict[tuple[str, str], np.ndarray], shares: dict[str, float]) -> None:
-    """Token-length histograms per split and source, and mix shares, as PNGs (no timestamps)."""
+    """Token-length histograms, one panel per split (train, val, test), a step line per source on
+    shared bins with a fixed colour per source; counts on a log axis when a source is too small to
+    see beside the largest. And the mix shares. PNGs with no timestamps, so re-runs are bytes-equal."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = sorted({s for s, _ in by})
+    present = {s for s, _ in by}
+    splits = [s for s in ("train", "val", "test") if s in present] + sorted(
+        present - {"train", "val", "test"}
+    )
+    colour = _colours(sorted({src for _, src in by}))
+    longest = max((int(n.max()) for n in by.values() if len(n)), default=1)
+    edges = np.linspace(0, longest + 1, 33)
     fig, axes = plt.subplots(1, len(splits) or 1, figsize=(5 * max(len(splits), 1), 3.5), squeeze=False)
     for ax, split in zip(axes[0], splits, strict=False):
-        for (sp, source), n in sorted(by.items()):
-            if sp == split and len(n):
-                ax.hist(n, bins=40, alpha=0.6, label=f"{source} ({len(n)})")
+        counts = {src: np.histogram(n, bins=edges)[0] for (sp, src), n in sorted(by.items()) if sp == split}
+        nonzero = [c[c > 0] for c in counts.values() if c.any()]
+        low = min((int(c.min()) for c in nonzero), default=1)
+        high = max((int(c.max()) for c in nonzero), default=1)
+        for src, c in counts.items():
+            n = len(by[(split, src)])
+            ax.stairs(c, edges, color=colour[src], linewidth=1.6, label=f"{src} ({n:,})")
+        if high > 20 * low:
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=0.7)  # a bin of 1 stays visible
+            ax.set_ylabel("examples (log)")
+        else:
+            ax.set_ylabel("examples")
         ax.set_title(f"{split}: tokens per example")
         ax.set_xlabel("tokens")
         ax.legend(fontsize=7)
@@ -173,7 +199,11 @@ def plot_pngs(plots: Path, by: dict[tuple[str, str], np.ndarray], shares: dict[s
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * max(len(shares), 1)))
     names = sorted(shares)
-    ax.barh(names, [shares[n] for n in names])
+    ax.barh(names, [shares[n] for n in names], color=[colour.get(n, "grey") for n in names])
+    for i, name in enumerate(names):
+        v = shares[name]
+        label = f"{v:.1%}" if v >= 0.01 or v == 0 else f"{v:.2%}"  # 2 rows of 14k are not "0.0%"
+        ax.text(min(v, 0.85) + 0.01, i, label, va="center", fontsize=8)
     ax.set_xlabel("share of train")
     ax.set_xlim(0, 1)
     fig.tight_layout()

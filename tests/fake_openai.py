@@ -7,7 +7,10 @@ It answers like a tiny generator or judge, deterministically from the request:
   finish_reason "length", `[invalid]` JSON without a response;
 - a judge request gets scores: 9 each, or 2 each when the response contains `[bad]`, or prose
   without JSON when it contains `[judgefail]`; with `[split]`, 9 from judges sampling at
-  temperature <= 0.5 and 2 from the others.
+  temperature <= 0.5 and 2 from the others;
+- a pairwise judge request ("impartial judge" in the system prompt, as sftpipe.model.judge asks)
+  gets `[[A]]`/`[[B]]` for the answer holding `[good]`, `[[C]]` (tie) otherwise, and always
+  `[[A]]` when the question holds `[first]`.
 
 `behaviour(body, n)` (n = how many times this exact request was seen before) injects HTTP faults:
 return "ok", ("status", code[, retry_after]), ("sleep", seconds), "malformed" (invalid JSON body),
@@ -48,6 +51,8 @@ def answer(body: dict) -> tuple[str, str]:
     system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
     user = body["messages"][-1]["content"]
     passage = _passage(user)
+    if "impartial judge" in system:
+        return _pairwise(user), "stop"
     if "reviewer" in system:
         response = user.rsplit("Response:\n", 1)[-1]
         if "[judgefail]" in response:
@@ -71,6 +76,18 @@ def answer(body: dict) -> tuple[str, str]:
     if "[truncated]" in passage:
         return text[: len(text) // 2], "length"
     return text, "stop"
+
+
+def _pairwise(user: str) -> str:
+    """A pairwise judge's verdict: the answer holding `[good]` wins, `[[C]]` (a tie) when both or
+    neither do; a question holding `[first]` always gets `[[A]]` (a judge biased to position)."""
+    if "[first]" in user.split("[The Start of", 1)[0]:
+        return "The first one. [[A]]"
+    a = re.search(r"Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A", user, re.S)
+    b = re.search(r"Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B", user, re.S)
+    good_a, good_b = ("[good]" in m.group(1) if m else False for m in (a, b))
+    verdict = "A" if good_a and not good_b else "B" if good_b and not good_a else "C"
+    return f"Compared both. [[{verdict}]]"
 
 
 class _Handler(BaseHTTPRequestHandler):

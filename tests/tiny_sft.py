@@ -178,3 +178,58 @@ def stage_repo(base_dir, tiny_data, tmp_path_factory) -> dict:
         "train": train,
         "evaluate": evaluate,
     }
+
+
+def tiny_gpt2_base(root: Path) -> Path:
+    """models/base (as the base_model stage writes it) of a tiny random-weight GPT-2 with the real
+    GPT-2 tokenizer, which has no pad token and no chat template; skips without ../shared's GPT-2."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, set_seed
+
+    from sftpipe.model.base_model import ModelParams, load, save
+    from tests.conftest import GPT2
+
+    if not GPT2.is_dir():
+        pytest.skip("../shared/tokenizers/gpt2 is absent")
+    tok = AutoTokenizer.from_pretrained(str(GPT2))
+    set_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256, vocab_size=len(tok))
+    GPT2LMHeadModel(config).save_pretrained(root / "random")
+    tok.save_pretrained(root / "random")
+    save(*load(ModelParams(source=str(root / "random"))), root / "base")
+    return root / "base"
+
+
+def formatted_processed(
+    base: Path, root: Path, template: str = "chat", n: int = 40
+) -> tuple[Path, list[dict]]:
+    """FACTS conversations through the format library with `template`, saved like export's
+    data/processed (hf/ with train 60%, val 20%, test 20%, and metadata.json); returns hf/ and
+    format's rows."""
+    import json
+
+    import pyarrow.parquet as pq
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoTokenizer
+
+    from sftpipe.core.records import make_record
+    from sftpipe.data.format.formatter import FormatParams, format_records
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    records = []
+    for i in range(n):
+        what, answer = FACTS[i % len(FACTS)]
+        messages = [
+            {"role": "user", "content": f"What is {what}? ({i})"},
+            {"role": "assistant", "content": f"It is {answer}."},
+        ]
+        records.append(make_record("g", messages, {}, orig_id=str(i)))
+    format_records(records, tok, FormatParams(template=template, max_length=64), root / "fmt")
+    rows = pq.read_table(root / "fmt" / "data.parquet").to_pylist()
+    cols = ["id", "source", "input_ids", "labels"]
+    a, b = int(n * 0.6), int(n * 0.8)
+    pick = {"train": rows[:a], "val": rows[a:b], "test": rows[b:]}
+    dsd = DatasetDict({k: Dataset.from_list([{c: r[c] for c in cols} for r in v]) for k, v in pick.items()})
+    (root / "processed").mkdir()
+    dsd.save_to_disk(str(root / "processed" / "hf"))
+    (root / "processed" / "metadata.json").write_text(json.dumps({"template": template}))
+    return root / "processed" / "hf", rows

@@ -146,6 +146,11 @@ def save(model, tokenizer, out_dir: str | Path) -> None:
     if limit and tokenizer.model_max_length > limit:
         # GGUF tokenizers come without a length limit; the model's context length is the real one.
         tokenizer.model_max_length = limit
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2 and other bases ship no pad token. Saved here, format, train, evaluate and export all
+        # use the same one; padding is masked (-100 and the attention mask), so EOS is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

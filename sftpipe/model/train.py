@@ -10,6 +10,16 @@ turns into a block-diagonal mask, so packed examples never attend to each other.
 Checkpoints go to their own folder with a fingerprint of everything that shapes the run (params,
 seed, data and base model digests); `resume` continues from the last one only when the
 fingerprint matches, so a changed run never picks up a stale checkpoint.
+
+The saved model carries the template it was trained on: format's template as Jinja
+(`sftpipe.data.format.templates.chat_template`, read from the dataset's metadata.json), and a
+generation config whose `eos_token_id` lists the template's end-of-turn token, so generation stops
+where training taught it to.
+
+On CUDA the weights load in bf16 (fp16 where bf16 is unsupported); `qlora` loads the base in 4 bits
+(bitsandbytes). Several devices: `devices` > 1 re-runs the stage under `torch.distributed.run`
+(DDP; `accelerate_config` names an accelerate config file, e.g. FSDP, and uses `accelerate launch`
+instead). Only rank 0 writes models/, reports and MLflow, and it rotates checkpoints after a barrier.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +50,9 @@ Scheduler = Literal[
     "constant_with_warmup",
     "inverse_sqrt",
 ]
+Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 FINGERPRINT = "sftpipe_run.json"
+METADATA = "metadata.json"  # export's, beside the DatasetDict: the template the rows were rendered with
 
 
 class LoraParams(Section):
@@ -55,14 +69,14 @@ class LoraParams(Section):
 class TrainParams(Section):
     """params.yaml `train:`."""
 
-    method: Literal["lora", "full"] = "lora"
-    """LoRA adapters on a frozen base, or full fine-tuning."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """LoRA adapters on a frozen base, QLoRA (a 4-bit base, CUDA and bitsandbytes only), or full fine-tuning."""
     lora: LoraParams = LoraParams()
     merge_adapter: bool = False
-    """LoRA only: write the base with the adapter merged in (a plain model) instead of the adapter."""
+    """LoRA/QLoRA: write the base with the adapter merged in (a plain model) instead of the adapter."""
     epochs: float = 1.0
     """Passes over the training rows (when max_steps is -1)."""
-    max_steps: int = 20
+    max_steps: int = 6
     """Optimizer steps; -1 = run `epochs` instead."""
     learning_rate: float = 2e-4
     """Peak learning rate of AdamW."""
@@ -75,11 +89,13 @@ class TrainParams(Section):
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     batch_size: int = 4
-    """Rows per device per step (with packing: rows concatenated into one)."""
+    """Rows per device per step (with packing and batch_tokens null: rows concatenated into one)."""
+    batch_tokens: int | None = 1024
+    """With packing: tokens per device per step, whole rows packed up to it (a longer row goes alone); null = batch_size rows."""
     grad_accum: int = 1
     """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
-    eval_batch_size: int = 8
-    """Rows per device per evaluation step."""
+    eval_batch_size: int = 2
+    """Rows per device per evaluation step (with packing: concatenated into one)."""
     logging_steps: int = 1
     """Log the training loss every this many steps (the loss curve's resolution)."""
     eval_steps: int = 0
@@ -90,25 +106,39 @@ class TrainParams(Section):
     """Checkpoints kept."""
     max_train_samples: int | None = 80
     """Train on at most this many rows (a seeded random subset); null = all."""
-    max_eval_samples: int | None = 16
+    max_eval_samples: int | None = 4
     """Evaluate on at most this many val rows (the first by id hash); null = all."""
-    max_length: int | None = 256
-    """Use only rows of at most this many tokens (longer ones are skipped, never cut); null = all."""
-    packing: bool = False
+    max_length: int | None = None
+    """Use only rows of at most this many tokens (longer ones are counted as too_long, never cut); null = every row (up to format.max_length)."""
+    packing: bool = True
     """Padding-free batches: rows concatenated, attention kept within each row."""
     resume: bool = True
     """Continue from the last checkpoint of the same run (same params, data and base) if there is one."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto = CUDA with bf16 when present, else CPU float32."""
+    """auto = CUDA when present (bf16, or fp16 where bf16 is unsupported), else CPU float32."""
+    devices: Literal["auto"] | int = "auto"
+    """Processes (one per GPU): auto = every visible GPU (1 on CPU); more than 1 runs the stage under torchrun (DDP)."""
+    accelerate_config: str | None = None
+    """An accelerate config file (e.g. FSDP); the stage then runs under `accelerate launch` with it."""
+    attn_implementation: Attention = "sdpa"
+    """Attention kernel: sdpa, eager, flash_attention_2 (CUDA, needs flash-attn) or flex_attention."""
+    liger: bool = False
+    """Liger kernels (fused RMSNorm, RoPE, SwiGLU, cross-entropy; CUDA, needs liger-kernel)."""
+    neftune_alpha: float | None = None
+    """NEFTune: noise of this scale on the input embeddings while training (e.g. 5); null = off."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("max_steps must be positive, or -1 to run `epochs`")
-        if self.merge_adapter and self.method != "lora":
-            raise ValueError("merge_adapter needs method: lora")
+        if self.merge_adapter and self.method == "full":
+            raise ValueError("merge_adapter needs method: lora or qlora")
+        if self.devices != "auto" and self.devices < 1:
+            raise ValueError("devices must be auto or at least 1")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ValueError("batch_tokens must be at least 1, or null")
         for name in ("batch_size", "grad_accum", "eval_batch_size", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -183,7 +213,8 @@ def load_splits(data_dir: str | Path, params: TrainParams, seed: int):
         if col not in dsd["train"].column_names:
             raise TrainError(f"{data_dir}: train split has no {col!r} column")
     tally = Tally()
-    train = select_rows(dsd["train"], params.max_length, tally)
+    available = dsd["train"]
+    train = select_rows(available, params.max_length, tally)
     if params.max_train_samples is not None and len(train) > params.max_train_samples:
         tally.dropped["over_max_train_samples"] += len(train) - params.max_train_samples
         train = train.shuffle(seed=seed, keep_in_memory=True).select(
@@ -197,6 +228,30 @@ def load_splits(data_dir: str | Path, params: TrainParams, seed: int):
     val = val.select(sorted(order), keep_in_memory=True)
     columns = ["input_ids", "labels"]
     return train, val.select_columns(columns), tally
+
+
+def usage(ds) -> dict:
+    """Rows, tokens and trained tokens (labels other than -100) of a split."""
+    counts = ds.map(
+        lambda b: {
+            "_n": [len(x) for x in b["input_ids"]],
+            "_t": [sum(v != -100 for v in x) for x in b["labels"]],
+        },
+        batched=True,
+        remove_columns=ds.column_names,
+        keep_in_memory=True,
+        desc="counting tokens",
+    )
+    return {"rows": len(ds), "tokens": int(sum(counts["_n"])), "trained_tokens": int(sum(counts["_t"]))}
+
+
+def dataset_template(data_dir: str | Path) -> str | None:
+    """The format template the rows were rendered with (export's metadata.json beside the
+    DatasetDict), or None when there is no metadata."""
+    meta = Path(data_dir).parent / METADATA
+    if not meta.is_file():
+        return None
+    return loads(meta.read_bytes()).get("template")
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -213,21 +268,72 @@ def pick_device(device: str) -> tuple[str, bool]:
     return "cpu", False
 
 
-def build_model(base_dir: str | Path, params: TrainParams, seed: int, packing_attn: bool):
+def precision(device: str) -> str:
+    """The training precision: bf16 on CUDA that has it, fp16 on older CUDA, fp32 on CPU."""
+    import torch
+
+    if device != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _need(module: str, what: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise TrainError(f"{what} needs the {package} package (pip install -r requirements-gpu.txt)")
+
+
+def check_gpu_options(params: TrainParams, device: str) -> None:
+    """One line for a setting this machine cannot run, before any model loads."""
+    if params.method == "qlora":
+        if device != "cuda":
+            raise TrainError(
+                "train.method: qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora on this machine"
+            )
+        _need("bitsandbytes", "train.method: qlora", "bitsandbytes")
+    if params.attn_implementation == "flash_attention_2":
+        if device != "cuda":
+            raise TrainError("train.attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa")
+        _need("flash_attn", "train.attn_implementation: flash_attention_2", "flash-attn")
+    if params.liger:
+        if device != "cuda":
+            raise TrainError("train.liger: Liger kernels need a CUDA GPU; set it to false")
+        _need("liger_kernel", "train.liger", "liger-kernel")
+
+
+def build_model(base_dir: str | Path, params: TrainParams, seed: int, prec: str = "fp32"):
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
     set_seed(seed)  # LoRA's initial weights come from the global RNG
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if packing_attn:
-        # eager/sdpa/flex all honour packed position ids through the mask; say it explicitly so
-        # a model whose default attention ignores them is not picked up silently.
-        kwargs["attn_implementation"] = "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    # bf16 weights on CUDA; fp16 ones only under adapters (fp16 AMP cannot train fp16 master weights).
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if params.method != "full" else torch.float32}
+    kwargs: dict[str, Any] = {"dtype": dtype.get(prec, torch.float32)}
+    # sdpa/eager/flex honour packed position ids through the mask, flash_attention_2 through its
+    # varlen path; say it explicitly so a default that ignores them is never picked up silently.
+    kwargs["attn_implementation"] = params.attn_implementation
+    if params.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
     # No KV cache in training. It matters beyond memory: with a cache, the mask code skips its
     # packed-sequence detection, and packed rows would attend to each other.
     model.config.use_cache = False
-    if params.method == "lora":
+    if params.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=params.gradient_checkpointing
+        )
+    if params.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         lora = params.lora
@@ -249,8 +355,54 @@ def collator(tokenizer, packing: bool):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if packing:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+        def packed(features: list[dict]):
+            # items of a PackedRows dataset are packs of rows; plain rows pass as they are
+            return flatten([r for f in features for r in f.get("rows", [f])])
+
+        return packed
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+
+
+def pack(lengths: list[int], budget: int, seed: int) -> list[list[int]]:
+    """Row indices in packs of at most `budget` tokens: rows in a seeded random order, each pack
+    filled with whole rows until the next would not fit (a row longer than `budget` goes alone)."""
+    import random
+
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    packs: list[list[int]] = []
+    size = 0
+    for i in order:
+        if not packs or size + lengths[i] > budget:
+            packs.append([])
+            size = 0
+        packs[-1].append(i)
+        size += lengths[i]
+    return packs
+
+
+class PackedRows:
+    """A map-style dataset whose items are packs of rows ({"rows": [...]}) of about the same
+    number of tokens: one pack is one device's step when `batch_tokens` is set."""
+
+    def __init__(self, ds, budget: int, seed: int):
+        self.ds = ds.select_columns(["input_ids", "labels"])
+        lengths = self.ds.map(
+            lambda b: {"_n": [len(x) for x in b["input_ids"]]},
+            batched=True,
+            remove_columns=self.ds.column_names,
+            keep_in_memory=True,
+            desc="packing rows",
+        )["_n"]
+        self.packs = pack(list(lengths), budget, seed)
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, k: int) -> dict:
+        return {"rows": [self.ds[i] for i in self.packs[k]]}
 
 
 # --- run -----------------------------------------------------------------------------------
@@ -260,20 +412,49 @@ def fingerprint(params: TrainParams, seed: int, data_md5: str | None, base_md5: 
     return {"params": params.model_dump(mode="json"), "seed": seed, "data": data_md5, "base": base_md5}
 
 
-def checkpoint_to_resume(ckpt_dir: Path, fp: dict, resume: bool) -> str | None:
-    """The last checkpoint of the same run, or None; a folder from another run is cleared."""
+def barrier() -> None:
+    """Wait for every process of a distributed run (nothing in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def checkpoint_to_resume(ckpt_dir: Path, fp: dict, resume: bool, main: bool = True) -> str | None:
+    """The last checkpoint of the same run, or None; a folder from another run is cleared. Only
+    the main process (`main`) clears and marks the folder; the others wait for it."""
     from transformers.trainer_utils import get_last_checkpoint
 
     marker = ckpt_dir / FINGERPRINT
     same = marker.is_file() and loads(marker.read_bytes()) == fp
-    if not same and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_bytes(dumps(fp))
+    barrier()  # every process has read the marker before the main one rewrites it
+    if main:
+        if not same and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_bytes(dumps(fp))
+    barrier()
     return get_last_checkpoint(str(ckpt_dir)) if resume and same else None
 
 
-def training_args(params: TrainParams, seed: int, ckpt_dir: Path, device: str, bf16: bool, has_eval: bool):
+def rotation_callback(limit: int):
+    """Keeps the last `limit` checkpoints: after every process saved its part of a checkpoint
+    (a barrier), the main process alone deletes the oldest ones."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import rotate_checkpoints
+
+    class Rotate(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            barrier()
+            if state.is_world_process_zero:
+                rotate_checkpoints(args.output_dir, save_total_limit=limit, use_mtime=False)
+            barrier()
+            return control
+
+    return Rotate()
+
+
+def training_args(params: TrainParams, seed: int, ckpt_dir: Path, device: str, prec: str, has_eval: bool):
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -287,7 +468,7 @@ def training_args(params: TrainParams, seed: int, ckpt_dir: Path, device: str, b
         warmup_steps=params.warmup,
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
-        per_device_train_batch_size=params.batch_size,
+        per_device_train_batch_size=1 if params.packing and params.batch_tokens else params.batch_size,
         per_device_eval_batch_size=params.eval_batch_size,
         gradient_accumulation_steps=params.grad_accum,
         activation_checkpointing=params.gradient_checkpointing,
@@ -297,9 +478,15 @@ def training_args(params: TrainParams, seed: int, ckpt_dir: Path, device: str, b
         eval_steps=params.eval_steps or None,
         save_strategy="steps",
         save_steps=params.save_steps,
-        save_total_limit=params.save_total_limit,
+        save_total_limit=None,  # rotation_callback: after a barrier, on the main process only
         use_cpu=device == "cpu",
-        bf16=bf16,
+        bf16=prec == "bf16",
+        fp16=prec == "fp16",
+        use_liger_kernel=params.liger,
+        neftune_noise_alpha=params.neftune_alpha,
+        # packed batches hold no padding (and a pad id equal to EOS would hide trained EOS tokens)
+        include_num_input_tokens_seen="all" if params.packing else "non_padding",
+        ddp_find_unused_parameters=False,
         optim="adamw_torch",
         remove_unused_columns=False,
         report_to="none",
@@ -336,23 +523,118 @@ def write_curve(path: str | Path, rows: list[dict]) -> None:
         Path(tmp).write_text(buf.getvalue(), encoding="utf-8")
 
 
+def counting_trainer():
+    """A Trainer that counts the rows and trained tokens its optimizer steps take (in this run:
+    a resumed run counts from where it resumed), summed over processes by `seen()`."""
+    from transformers import Trainer
+
+    class Counting(Trainer):
+        rows_seen = 0
+        trained_seen = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            labels = inputs["labels"]
+            if "position_ids" in inputs and "attention_mask" not in inputs:  # packed: rows restart at 0
+                self.rows_seen += int((inputs["position_ids"] == 0).sum())
+            else:
+                self.rows_seen += int(labels.shape[0])
+            self.trained_seen += int((labels != -100).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def seen(self) -> tuple[int, int]:
+            import torch
+
+            counts = torch.tensor([self.rows_seen, self.trained_seen], device=self.args.device)
+            counts = self.accelerator.reduce(counts, reduction="sum")
+            return int(counts[0]), int(counts[1])
+
+    return Counting
+
+
+def carry_template(tokenizer, template: str | None) -> list[int]:
+    """Give `tokenizer` the chat template of `template` (format's, as Jinja) and return the token
+    ids generation must stop at: EOS and the template's end-of-turn token. With no known
+    template, the tokenizer keeps its own (the `tokenizer` template)."""
+    from sftpipe.data.format.templates import chat_template, end_of_turn
+
+    name = template or "tokenizer"
+    jinja = chat_template(name, tokenizer)
+    if jinja is not None:
+        tokenizer.chat_template = jinja
+    stop = [tokenizer.eos_token_id]
+    if name != "tokenizer" or tokenizer.chat_template:
+        stop.append(tokenizer.convert_tokens_to_ids(end_of_turn(name, tokenizer)))
+    return list(dict.fromkeys(t for t in stop if t is not None))
+
+
 def save_model(
-    trainer, tokenizer, params: TrainParams, out_dir: str | Path, adapter_dir: Path | None
+    trainer,
+    tokenizer,
+    params: TrainParams,
+    out_dir: str | Path,
+    adapter_dir: Path | None,
+    stop_ids: list[int],
 ) -> None:
-    """models/sft: the adapter (or the merged / fully trained model) with the tokenizer."""
+    """models/sft: the adapter (or the merged / fully trained model) with the tokenizer (carrying the
+    trained template) and a generation config that stops at the template's end of turn."""
+    import copy
+
     model = trainer.model
     model.config.use_cache = True  # for whoever generates with the saved model
+    gen = copy.deepcopy(model.generation_config)
+    gen.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    gen.pad_token_id = tokenizer.pad_token_id
     with atomic_path(out_dir) as tmp:
-        if params.method == "lora" and params.merge_adapter:
+        if params.method != "full" and params.merge_adapter:
             if adapter_dir is not None:
                 model.save_pretrained(adapter_dir)
             model = model.merge_and_unload()
+        model.generation_config = gen
         model.save_pretrained(tmp)
+        gen.save_pretrained(tmp)  # an adapter folder gets none from peft
         tokenizer.save_pretrained(tmp)
-        if params.method == "lora" and not params.merge_adapter:
+        if params.method != "full" and not params.merge_adapter:
             # The card peft writes names the absolute base path of whoever ran it; it is no
             # part of the adapter and would make the folder's bytes differ between machines.
             (Path(tmp) / "README.md").unlink(missing_ok=True)
+
+
+def smoothed(curve: list[dict], share: float = 0.1) -> tuple[float | None, float | None]:
+    """Mean loss of the first and of the last `share` of the logged steps (at least one each)."""
+    if not curve:
+        return None, None
+    n = max(1, round(len(curve) * share))
+    losses = [r["loss"] for r in curve]
+    return round(sum(losses[:n]) / n, 6), round(sum(losses[-n:]) / n, 6)
+
+
+def devices_wanted(params: TrainParams) -> int:
+    """Processes to run: `devices`, or auto = every visible GPU (1 without CUDA or on CPU)."""
+    if params.devices != "auto":
+        return params.devices
+    if params.device == "cpu":
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def launch_command(params: TrainParams, argv: list[str]) -> list[str] | None:
+    """The command that re-runs this stage script with one process per device (torchrun, or
+    accelerate launch with `accelerate_config`), or None when this process should train itself:
+    one device, or already under a launcher."""
+    if "LOCAL_RANK" in os.environ or "RANK" in os.environ:
+        return None
+    n = devices_wanted(params)
+    if params.accelerate_config:
+        if not Path(params.accelerate_config).is_file():
+            raise TrainError(f"train.accelerate_config: {params.accelerate_config}: no such file")
+        cpu = ["--cpu"] if params.device == "cpu" else []
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                params.accelerate_config, "--num_processes", str(n), *cpu, *argv]  # fmt: skip
+    if n <= 1:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *argv]
 
 
 def train(
@@ -365,29 +647,36 @@ def train(
     digests: dict[str, str | None] | None = None,
     adapter_dir: Path | None = None,
     stop_after: int | None = None,
+    template: str | None = None,
 ) -> TrainResult:
     """Fine-tune, save models/sft, and return the accounting and the report.
 
-    `stop_after` ends the run after that many steps, as an interrupted run would (only what was
-    checkpointed survives); tests use it to check that `resume` reaches the same result. The
-    report is empty for a stopped run and in every process but the main one.
+    `template` is format's template (default: the one in metadata.json beside `data_dir`); the
+    saved tokenizer carries it. `stop_after` ends the run after that many steps, as an interrupted
+    run would (only what was checkpointed survives); tests use it to check that `resume` reaches
+    the same result. The report is empty for a stopped run and in every process but the main one.
     """
     import time
 
-    from transformers import AutoTokenizer, Trainer, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
 
     start = time.perf_counter()
     digests = digests or {}
+    device, _ = pick_device(params.device)
+    check_gpu_options(params, device)
+    prec = precision(device)
     train_ds, val_ds, tally = load_splits(data_dir, params, seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    if tokenizer.pad_token is None:
-        raise TrainError(f"{base_dir}: the tokenizer has no pad token (the format stage sets one)")
+    if tokenizer.pad_token is None:  # a models/base from before base_model saved one
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    device, bf16 = pick_device(params.device)
-    model = build_model(base_dir, params, seed, params.packing)
+    template = template or dataset_template(data_dir)
+    stop_ids = carry_template(tokenizer, template)
+    args = training_args(params, seed, Path(ckpt_dir), device, prec, len(val_ds) > 0)  # starts DDP
+    model = build_model(base_dir, params, seed, prec)
     ckpt_dir = Path(ckpt_dir)
     fp = fingerprint(params, seed, digests.get("data"), digests.get("base"))
-    resume_from = checkpoint_to_resume(ckpt_dir, fp, params.resume)
+    resume_from = checkpoint_to_resume(ckpt_dir, fp, params.resume, args.process_index == 0)
 
     class StopAfter(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -396,40 +685,70 @@ def train(
                 control.should_training_stop = True
             return control
 
-    trainer = Trainer(
+    callbacks = [rotation_callback(params.save_total_limit)]
+    if stop_after is not None:
+        callbacks.append(StopAfter())
+    trainer = counting_trainer()(
         model=model,
-        args=training_args(params, seed, ckpt_dir, device, bf16, len(val_ds) > 0),
-        train_dataset=train_ds.select_columns(["input_ids", "labels"]),
+        args=args,
+        train_dataset=PackedRows(train_ds, params.batch_tokens, seed)
+        if params.packing and params.batch_tokens
+        else train_ds.select_columns(["input_ids", "labels"]),
         eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator(tokenizer, params.packing),
         processing_class=tokenizer,
-        callbacks=[StopAfter()] if stop_after is not None else None,
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_from)
     history = list(trainer.state.log_history)
     if stop_after is not None and trainer.state.global_step < trainer.state.max_steps:
         return TrainResult(tally, {}, history, time.perf_counter() - start)
     eval_metrics = trainer.evaluate() if len(val_ds) else {}  # every process: it gathers across them
+    rows_seen, trained_seen = trainer.seen()  # every process: a collective
     if not trainer.is_world_process_zero():  # under torchrun / accelerate only the main process writes
+        barrier()
         return TrainResult(tally, {}, history, time.perf_counter() - start)
-    save_model(trainer, tokenizer, params, out_dir, adapter_dir)
+    save_model(trainer, tokenizer, params, out_dir, adapter_dir, stop_ids)
+    barrier()
 
     curve = loss_curve(history)
+    loss_start, loss_end = smoothed(curve)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     eval_loss = eval_metrics.get("eval_loss")
+    from datasets import load_from_disk
+
+    available = usage(load_from_disk(str(data_dir))["train"])
+    used = usage(train_ds)
     report = {
         "method": params.method,
         "merged": params.merge_adapter,
         "device": device,
-        "dtype": "bfloat16" if bf16 else "float32",
+        "processes": args.world_size,
+        "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(prec, "float32"),
+        "attn_implementation": params.attn_implementation,
         "packing": params.packing,
+        "batch_tokens": params.batch_tokens if params.packing else None,
+        "template": template,
+        "stop_token_ids": stop_ids,
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0.0), 6),
         "resumed_from_step": int(Path(resume_from).name.split("-")[-1]) if resume_from else 0,
         "trainable_params": n_trainable,
         "total_params": n_total,
-        "train_tokens": int(sum(len(x) for x in train_ds["input_ids"])),
+        # available: the train split; used: the rows training drew from (after max_length and
+        # max_train_samples); seen: what the optimizer steps of this run took (repeats count again)
+        "rows": {"available": available["rows"], "used": used["rows"], "seen": rows_seen},
+        "tokens": {"available": available["tokens"], "used": used["tokens"]},
+        "trained_tokens": {
+            "available": available["trained_tokens"],
+            "used": used["trained_tokens"],
+            "seen": trained_seen,
+        },
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_tokens": used["tokens"],
+        "loss_start": loss_start,
+        "loss_end": loss_end,
         "loss_first": curve[0]["loss"] if curve else None,
         "loss_last": curve[-1]["loss"] if curve else None,
         "eval_rows": len(val_ds),

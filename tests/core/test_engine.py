@@ -100,7 +100,7 @@ def _run_stages(repo: Path, engine: str, workers: int, corpora: Path) -> None:
     }
     params["distill"]["enabled"] = False
     params["format"]["max_length"] = 256  # some records too long: drops travel back too
-    params["format"]["template"] = "chatml"  # GPT-2 has no chat template of its own
+    params["format"]["template"] = "chat"  # GPT-2 has no chat template of its own, nor ChatML tokens
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     for cmd in STAGES:
         proc = subprocess.run([sys.executable, *cmd], cwd=repo, capture_output=True, text=True)

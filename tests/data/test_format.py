@@ -282,7 +282,7 @@ def real_mix(tmp_path, corpora) -> Path:
     return tmp_path / "mix.jsonl"
 
 
-MIX_PARAMS = FormatParams(template="chatml", max_length=256, overlong="drop_history")
+MIX_PARAMS = FormatParams(template="chat", max_length=256, overlong="drop_history")
 
 
 def outputs(out, tally, extra) -> list[bytes]:
@@ -311,11 +311,11 @@ def test_workers_write_what_one_process_writes(tmp_path, corpora, gpt2_dir, monk
     # decode checks: the kept rows among the first 100 input records and every 50th after them
     kept = {r["id"] for r in pq.read_table(out / "data.parquet", columns=["id"]).to_pylist()}
     positions = [k for k, r in enumerate(read_jsonl(src)) if r["id"] in kept]
-    assert extra["checks"]["decoded_rows"] == sum(k < 100 or k % 50 == 0 for k in positions) == 116
+    assert extra["checks"]["decoded_rows"] == sum(k < 100 or k % 50 == 0 for k in positions) == 119
 
 
-MIX = (2064, 1839, {"prompt_too_long": 15, "too_long": 210}, {"history_dropped": 167})
-MIX_EXCHANGES = 168
+MIX = (2064, 1876, {"prompt_too_long": 7, "too_long": 181}, {"history_dropped": 140})
+MIX_EXCHANGES = 140
 
 
 def test_a_bad_line_names_the_file_and_line(tmp_path, gpt2_dir, monkeypatch):
@@ -353,15 +353,23 @@ def test_stage_script(tmp_path, corpora, gpt2_dir):
     write_jsonl(src, [rec("1", [u("Q"), a("A")]), rec("2", [u("Q2"), a("")])])
     params = tmp_path / "params.yaml"
     params.write_text(
-        f"sources:\n  c:\n    path: {corpora / 'alpaca_5000.json'}\nformat:\n  template: chatml\n"
+        f"sources:\n  c:\n    path: {corpora / 'alpaca_5000.json'}\nformat:\n  template: chat\n"
     )
     cmd = [sys.executable, str(ROOT / "stages/format.py"), "--params", str(params), "--input", str(src),
            "--tokenizer", str(gpt2_dir), "--out", str(tmp_path / "fmt"), "--report", str(tmp_path / "r.json")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert "format (chatml): 2 in, 1 out" in proc.stdout
+    assert "format (chat): 2 in, 1 out" in proc.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["in"], report["out"], report["dropped"]) == (2, 1, {"empty_completion": 1})
-    assert report["template"] == "chatml" and report["tokenizer"]["pad_token_set"] is True
+    assert report["template"] == "chat" and report["tokenizer"]["pad_token_set"] is True
+    # chatml on GPT-2 (no <|im_start|>/<|im_end|> tokens) is refused in one line, before any output
+    params.write_text(params.read_text().replace("template: chat", "template: chatml"))
+    proc = subprocess.run([*cmd[:-4], "--out", str(tmp_path / "fmt2"), "--report", str(tmp_path / "r2.json")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and not (tmp_path / "fmt2").exists()
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("error: format.template: chatml needs <|im_start|>")
+    )
     assert report["checks"]["problems"] == {} and report["tokens"]["rows"] == 1
     # a missing input is a one-line error
     cmd[cmd.index("--input") + 1] = str(tmp_path / "nope.jsonl")

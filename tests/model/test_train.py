@@ -12,11 +12,13 @@ from sftpipe.core.accounting import Tally
 from sftpipe.core.jsonio import read_jsonl
 from sftpipe.model.train import (
     LoraParams,
+    PackedRows,
     TrainParams,
     build_model,
     checkpoint_to_resume,
     collator,
     fingerprint,
+    pack,
     select_rows,
     train,
 )
@@ -85,7 +87,7 @@ def test_packed_rows_never_attend_to_each_other(base_dir):
 
     tok = AutoTokenizer.from_pretrained(str(base_dir))
     params = TrainParams(lora=LoraParams(dropout=0.0), packing=True)
-    model = build_model(base_dir, params, 1, packing_attn=True).eval()
+    model = build_model(base_dir, params, 1).eval()
     rows = [
         {"input_ids": tok("The capital of France is Paris.")["input_ids"]},
         {"input_ids": tok("Two plus two equals four, said the teacher.")["input_ids"]},
@@ -103,6 +105,29 @@ def test_packed_rows_never_attend_to_each_other(base_dir):
     torch.testing.assert_close(out_packed.logits[0, :n0], alone[0], atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(out_packed.logits[0, n0:], alone[1], atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(out_packed.loss, out_padded.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_packs_hold_whole_rows_up_to_the_token_budget():
+    lengths = [5, 3, 9, 2, 20, 4, 1, 6]
+    packs = pack(lengths, 10, seed=1)
+    assert sorted(i for p in packs for i in p) == list(range(8))  # every row once, none cut
+    for p in packs:
+        assert sum(lengths[i] for i in p) <= 10 or len(p) == 1  # a longer row goes alone
+    assert pack(lengths, 10, seed=1) == packs and pack(lengths, 10, seed=2) != packs
+
+
+def test_packed_dataset_items_collate_into_one_row_per_pack():
+    from datasets import Dataset
+
+    ds = Dataset.from_list(
+        [{"input_ids": list(range(1, n + 1)), "labels": list(range(1, n + 1))} for n in (3, 4, 5, 6)]
+    )
+    packed = PackedRows(ds, 9, seed=0)
+    assert sorted(len(packed[k]["rows"]) for k in range(len(packed))) == [1, 1, 2]
+    batch = collator(None, packing=True)([packed[k] for k in range(len(packed))])
+    assert batch["input_ids"].shape == (1, 18)
+    starts = [i for i, v in enumerate(batch["position_ids"][0].tolist()) if v == 0]
+    assert len(starts) == 4 and all(batch["labels"][0, i] == -100 for i in starts)
 
 
 @pytest.mark.slow
@@ -123,7 +148,7 @@ def test_train_stage_lowers_the_loss(stage_repo):
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 32 and adapter["peft_type"] == "LORA"
     assert (sft / "adapter_model.safetensors").stat().st_size > 1_000_000
     assert (sft / "tokenizer.json").is_file() and not (sft / "README.md").exists()
-    assert sorted(p.name for p in (repo / "models/checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (repo / ".cache/checkpoints").iterdir()) == [
         "checkpoint-3",
         "checkpoint-6",
         "sftpipe_run.json",

@@ -32,7 +32,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
-from sftpipe.data.format.templates import Rendered, Renderer, RenderError
+from sftpipe.data.format.templates import Rendered, Renderer, RenderError, require_control_tokens
 from sftpipe.data.format.tokenizer import (
     IGNORE,
     Encoded,
@@ -130,6 +130,7 @@ class Formatter:
 
     def __init__(self, tokenizer, params: FormatParams):
         self.tok, self.params = tokenizer, params
+        require_control_tokens(params.template, tokenizer)
         self.render = Renderer(params.template, tokenizer, bos_prefix(tokenizer))
         self.fast = FastBPE.of(tokenizer)
 

@@ -19,6 +19,13 @@ Templates (`format.template`):
   is the first special token after the content.
 Other than `chatml` and `tokenizer`, each assistant turn ends with `tokenizer.eos_token`.
 Text records (`meta.kind == "text"`) render as the text + EOS and are trained in full.
+
+`chat_template(template, tokenizer)` is the same template as Jinja, for `apply_chat_template`: the
+train stage saves it with the trained model, so the model carries exactly the text it learned.
+`end_of_turn(template, tokenizer)` is the token that closes an assistant turn (generation stops
+there). `require_control_tokens` refuses chatml on a tokenizer without `<|im_start|>`/`<|im_end|>`
+as special tokens (GPT-2): there `<|im_end|>` is several plain-text tokens, and a model trained on
+them never stops.
 """
 
 from __future__ import annotations
@@ -300,3 +307,112 @@ def _direct_template(tokenizer):
     except Exception:  # a private helper of transformers: any change there means the public path
         return None
     return render if same else None
+
+
+# --- the templates as Jinja (what the trained model carries) ----------------------------------
+
+
+def _lit(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+# Leading system turns, joined with a blank line (ns.system), and where the rest starts (ns.start).
+_JINJA_SYSTEM = (
+    "{%- set ns = namespace(system=none, start=0) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' and loop.index0 == ns.start -%}"
+    "{%- set ns.system = m['content'] if ns.system is none else ns.system + '\\n\\n' + m['content'] -%}"
+    "{%- set ns.start = loop.index0 + 1 -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set rest = messages[ns.start:] -%}"
+)
+_JINJA_ROLE_ERROR = "{{- raise_exception('role ' + m['role'] + ' after the first turn: this template has no place for it') -}}"
+
+
+def _jinja_alpaca(bos: str, eos: str) -> str:
+    # `alpaca_input` (an apply_chat_template keyword) is meta.alpaca_input: the tail of the first
+    # user turn that Alpaca shows under `### Input:`.
+    return (
+        _JINJA_SYSTEM + "{%- set ctx = alpaca_input if alpaca_input is defined and alpaca_input else '' -%}"
+        "{%- set has_input = ctx and rest and rest[0]['role'] == 'user'"
+        " and rest[0]['content'].endswith('\\n\\n' + ctx) -%}"
+        f"{{{{- {_lit(bos)} -}}}}"
+        "{%- if ns.system is not none -%}{{- ns.system -}}"
+        f"{{%- elif has_input -%}}{{{{- {_lit(ALPACA_INPUT)} -}}}}"
+        f"{{%- else -%}}{{{{- {_lit(ALPACA)} -}}}}{{%- endif -%}}"
+        "{%- for m in rest -%}"
+        "{%- if m['role'] == 'user' and loop.first and has_input -%}"
+        "{{- '\\n\\n### Instruction:\\n' + m['content'][:(m['content'] | length) - (ctx | length) - 2]"
+        " + '\\n\\n### Input:\\n' + ctx -}}"
+        "{%- elif m['role'] == 'user' -%}{{- '\\n\\n### Instruction:\\n' + m['content'] -}}"
+        f"{{%- elif m['role'] == 'assistant' -%}}{{{{- '\\n\\n### Response:\\n' + m['content'] + {_lit(eos)} -}}}}"
+        f"{{%- else -%}}{_JINJA_ROLE_ERROR}{{%- endif -%}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '\\n\\n### Response:\\n' -}}{%- endif -%}"
+    )
+
+
+def _jinja_chat(bos: str, eos: str) -> str:
+    return (
+        _JINJA_SYSTEM + f"{{{{- {_lit(bos)} -}}}}"
+        "{%- if ns.system is not none -%}{{- ns.system + '\\n\\n' -}}{%- endif -%}"
+        "{%- for m in rest -%}"
+        "{%- if not loop.first -%}{{- '\\n\\n' -}}{%- endif -%}"
+        "{%- if m['role'] == 'user' -%}{{- 'Human: ' + m['content'] -}}"
+        f"{{%- elif m['role'] == 'assistant' -%}}{{{{- 'Assistant: ' + m['content'] + {_lit(eos)} -}}}}"
+        f"{{%- else -%}}{_JINJA_ROLE_ERROR}{{%- endif -%}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- ('\\n\\n' if rest else '') + 'Assistant:' -}}{%- endif -%}"
+    )
+
+
+def _jinja_chatml(bos: str, eos: str) -> str:
+    return (
+        f"{{{{- {_lit(bos)} -}}}}"
+        "{%- for m in messages -%}"
+        f"{{{{- {_lit(IM_START)} + m['role'] + '\\n' + m['content'] + {_lit(IM_END)} + '\\n' -}}}}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{- {_lit(IM_START + 'assistant' + chr(10))} -}}}}{{%- endif -%}}"
+    )
+
+
+_JINJA = {"alpaca": _jinja_alpaca, "chat": _jinja_chat, "chatml": _jinja_chatml}
+
+
+def require_control_tokens(template: str, tokenizer) -> None:
+    """Refuse a template whose control tokens the tokenizer lacks as special tokens (chatml on
+    GPT-2): as plain text they are several ordinary tokens, and the model never learns to stop."""
+    if template != "chatml":
+        return
+    missing = [t for t in (IM_START, IM_END) if t not in _special_tokens(tokenizer)]
+    if missing:
+        raise TemplateError(
+            f"format.template: chatml needs {' and '.join(missing)} as special tokens, and this tokenizer "
+            "lacks them (the model would never learn to stop); use alpaca or chat, or a base that has them"
+        )
+
+
+def chat_template(template: str, tokenizer) -> str | None:
+    """The Jinja chat template that renders what `Renderer(template, tokenizer)` renders (the
+    generation prompt ends where the trained answer begins); the tokenizer's own for `tokenizer`."""
+    if template == "tokenizer":
+        return tokenizer.chat_template
+    require_control_tokens(template, tokenizer)
+    from sftpipe.data.format.tokenizer import bos_prefix
+
+    return _JINJA[template](bos_prefix(tokenizer), tokenizer.eos_token)
+
+
+def end_of_turn(template: str, tokenizer) -> str:
+    """The special token that closes an assistant turn in `template` (generation stops there)."""
+    content = "Hello"
+    rendered = Renderer(template, tokenizer)(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": content}]
+    )
+    tail = rendered.completion
+    found = [t for t in _special_tokens(tokenizer) if t and tail.endswith(t)]
+    if not found:
+        raise TemplateError(f"format.template: {template} ends an assistant turn with no special token")
+    return max(found, key=len)

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sftpipe.core.errors import SftpipeError
-from sftpipe.core.jsonio import JsonlWriter, write_json
+from sftpipe.core.jsonio import write_json
 
 
 class AccountingError(SftpipeError, AssertionError):
     """The counts do not balance: a record was lost or counted twice."""
 
 
-class Tally:
-    """Counters for one stage run, plus its rejected-records writer (optional)."""
+class Writer(Protocol):
+    def write(self, obj: Any) -> None: ...
 
-    def __init__(self, rejected: JsonlWriter | None = None):
+
+class Tally:
+    """Counters for one stage run, plus its rejected-records writer (optional): a JsonlWriter, or
+    anything with `write(obj)`, such as a worker's list handed back to the driver."""
+
+    def __init__(self, rejected: Writer | None = None):
         self.n_in = 0
         self.n_out = 0
         self.expanded = 0

@@ -124,6 +124,12 @@ class _Item:
         self.enc: Encoded | None = None
         self.drop: tuple[str, str] | None = drop
 
+    @property
+    def encoded(self) -> Encoded:
+        """The tokens, once the chunk has encoded this item (every later step runs after that)."""
+        assert self.enc is not None, "item read before it was encoded"
+        return self.enc
+
 
 class Formatter:
     """Renders, tokenizes and length-checks chunks of records, counting every one in a Tally."""
@@ -158,12 +164,12 @@ class Formatter:
         return encode(self.tok, rendered, self.params.train_on_prompt, self.fast)
 
     def _fits(self, item: _Item) -> bool:
-        return len(item.enc.input_ids) <= self.params.max_length
+        return len(item.encoded.input_ids) <= self.params.max_length
 
     def _drop_overlong(self, item: _Item, judged: _Item, tally: Tally) -> None:
         """Drop `item`; `judged` is the shortest form tried (the last exchange alone, or itself)."""
-        n = len(judged.enc.input_ids)
-        reason = "prompt_too_long" if judged.enc.first_trained >= self.params.max_length else "too_long"
+        n = len(judged.encoded.input_ids)
+        reason = "prompt_too_long" if judged.encoded.first_trained >= self.params.max_length else "too_long"
         tally.drop(reason, item.record, id=item.record["id"], n_tokens=n, exchanges_removed=judged.cut)
 
     def chunk(self, numbered: Iterable[tuple[int, dict]], tally: Tally) -> list[_Item]:
@@ -232,11 +238,12 @@ class _Search:
     __slots__ = ("item", "lo", "hi", "best", "shortest", "ends", "err", "rounds")
 
     def __init__(self, item: _Item):
-        self.item, self.best, self.shortest, self.err, self.rounds = item, None, item, 0, 0
+        self.item, self.shortest, self.err, self.rounds = item, item, 0, 0
+        self.best: _Item | None = None
         groups = exchanges(item.messages)[1]
         self.lo, self.hi = 0, len(groups)
         # The token where each exchange ends in the full text: the end of its last assistant turn.
-        spans, ends, seen = item.enc.spans, [], 0
+        spans, ends, seen = item.encoded.spans, [], 0
         for g in groups:
             seen += sum(m["role"] == "assistant" for m in g)
             ends.append(spans[seen - 1][1] if seen else 0)
@@ -244,7 +251,7 @@ class _Search:
 
     def estimate(self, k: int) -> int:
         """Tokens left after removing `k` exchanges, from the full text's positions."""
-        return len(self.item.enc.input_ids) - self.ends[k - 1] + self.err
+        return len(self.item.encoded.input_ids) - self.ends[k - 1] + self.err
 
     def probes(self, max_length: int) -> list[int]:
         """What to try next: the smallest removal estimated to fit and the one before it (which
@@ -257,7 +264,7 @@ class _Search:
 
     def record(self, trial: _Item, fits: bool) -> None:
         k = trial.cut
-        self.err = len(trial.enc.input_ids) - (len(self.item.enc.input_ids) - self.ends[k - 1])
+        self.err = len(trial.encoded.input_ids) - (len(self.item.encoded.input_ids) - self.ends[k - 1])
         if fits and k < self.hi:
             self.hi, self.best = k, trial
         elif not fits and k > self.lo:
@@ -287,7 +294,7 @@ class _Stats:
 
     def add(self, item: _Item, decode=None) -> None:
         """Count a kept row; `decode` (the tokenizer's decode) also checks it against its text."""
-        rid, n, trained = item.record["id"], len(item.enc.input_ids), item.enc.n_trained
+        rid, n, trained = item.record["id"], len(item.encoded.input_ids), item.encoded.n_trained
         self.lengths[n] += 1
         self.trained += trained
         self.history_exchanges += item.cut
@@ -306,10 +313,10 @@ class _Stats:
             self._decode_check(item, rid, decode)
 
     def _decode_check(self, item: _Item, rid: str, decode) -> None:
-        ids, r = item.enc.input_ids, item.rendered
+        ids, r = item.encoded.input_ids, item.rendered
         if decode(ids, skip_special_tokens=False) != r.text:
             self._problem("decode_mismatch", rid)
-        runs = [decode(ids[a:b], skip_special_tokens=False) for a, b in item.enc.ranges]
+        runs = [decode(ids[a:b], skip_special_tokens=False) for a, b in item.encoded.ranges]
         for s, e in r.spans:
             if e > s and not any(r.text[s:e] in run for run in runs):
                 self._problem("response_not_trained", rid)
@@ -393,7 +400,7 @@ def to_table(items: list[_Item]) -> pa.Table:
         return pa.array(values, type=pa.string())
 
     records = [i.record for i in items]
-    input_ids, labels = _token_columns([i.enc for i in items])
+    input_ids, labels = _token_columns([i.encoded for i in items])
     cols = {
         "id": strings([r["id"] for r in records]),
         "source": strings([r["source"] for r in records]),
@@ -405,7 +412,7 @@ def to_table(items: list[_Item]) -> pa.Table:
         "completion": strings([i.rendered.completion for i in items]),
         "input_ids": input_ids,
         "labels": labels,
-        "n_tokens": pa.array([len(i.enc.input_ids) for i in items], type=pa.int32()),
+        "n_tokens": pa.array([len(i.encoded.input_ids) for i in items], type=pa.int32()),
     }
     return pa.Table.from_pydict(cols, schema=SCHEMA)
 

@@ -88,7 +88,8 @@ class _Builder:
     __slots__ = ("parts", "size", "spans")
 
     def __init__(self, start: str = ""):
-        self.parts, self.size, self.spans = [start], len(start), []
+        self.parts, self.size = [start], len(start)
+        self.spans: list[tuple[int, int]] = []
 
     def add(self, piece: str, trained: bool = False) -> None:
         if trained:
@@ -152,12 +153,17 @@ class Renderer:
         system, rest = _split_system(messages)
         context = meta.get("alpaca_input")
         first = rest[0]["content"] if rest and rest[0]["role"] == "user" else None
-        has_input = bool(context) and first is not None and first.endswith("\n\n" + context)
+        has_input = (
+            isinstance(context, str)
+            and bool(context)
+            and first is not None
+            and first.endswith("\n\n" + context)
+        )
         b = _Builder(self.bos)
         b.add(system if system is not None else ALPACA_INPUT if has_input else ALPACA)
         for i, m in enumerate(rest):
             if m["role"] == "user":
-                if i == 0 and has_input:
+                if i == 0 and has_input and first is not None and context:
                     instruction = first[: -len(context) - 2]
                     b.add(f"\n\n### Instruction:\n{instruction}\n\n### Input:\n{context}")
                 else:

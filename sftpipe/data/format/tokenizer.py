@@ -236,7 +236,9 @@ def _tiktoken_compatible(d: dict) -> bool:
         and not model.get("continuing_subword_prefix")
         and not model.get("end_of_word_suffix")
         and None not in made
-        and all(a < b for a, b in pairwise(made))  # tiktoken merges by id: ids must be merge order
+        and all(
+            a is not None and b is not None and a < b for a, b in pairwise(made)
+        )  # merge order = id order
         # every other token is one byte, or an added token: tiktoken takes any vocabulary word whole
         and len(vocab)
         == len(set(made)) + sum(1 for t in vocab if t in added or (len(t) == 1 and t in alphabet))

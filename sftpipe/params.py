@@ -33,17 +33,17 @@ class Params(Common):
     sources: Sources
     """Input datasets by name; each is its own `ingest@<name>` stage."""
     model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
+    distill: DistillParams = DistillParams()
     clean: CleanParams = CleanParams()
     dedup: DedupParams = DedupParams()
+    format: FormatParams = FormatParams()
     split: SplitParams = SplitParams()
     mix: MixParams = MixParams()
     export: ExportParams = ExportParams()
-    publish: PublishParams = PublishParams()
     report: ReportParams = ReportParams()
-    format: FormatParams = FormatParams()
-    distill: DistillParams = DistillParams()
+    publish: PublishParams = PublishParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

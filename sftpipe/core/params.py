@@ -18,10 +18,11 @@ from pydantic import create_model
 
 from sftpipe.core.config import ParamsError, Section, load_yaml, validate
 
-# Every top-level key of params.yaml, in pipeline order; a test keeps it equal to sftpipe.params.Params.
+# Every top-level key of params.yaml, in pipeline order (params.yaml, Params and the README table
+# follow it; tests keep them equal).
 KEYS = (
-    "seed", "workers", "engine", "sources", "model", "train", "evaluate", "clean", "dedup", "split",
-    "mix", "export", "publish", "report", "format", "distill",
+    "seed", "workers", "engine", "sources", "model", "distill", "clean", "dedup", "format", "split",
+    "mix", "export", "report", "publish", "train", "evaluate",
 )  # fmt: skip
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from sftpipe.core.config import ParamsError, load_yaml
 from sftpipe.params import load_params
+from tests.conftest import ROOT
 
 
 def write(tmp_path, text):
@@ -54,3 +55,13 @@ def test_project_params_load():
 def test_missing_params_file_is_one_clear_error(tmp_path):
     with pytest.raises(ParamsError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_params_follow_the_pipeline_order_everywhere():
+    """params.yaml, the Params model (so the README table) and core's list of keys agree, in order."""
+    from sftpipe.core.config import load_yaml
+    from sftpipe.core.params import KEYS
+    from sftpipe.params import Params
+
+    assert tuple(Params.model_fields) == KEYS
+    assert tuple(load_yaml(ROOT / "params.yaml")) == KEYS

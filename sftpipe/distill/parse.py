@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+from sftpipe.core.records import Drop
 from sftpipe.distill.llm import Reply
 from sftpipe.distill.prompts import DIMENSIONS
 
@@ -73,36 +74,36 @@ def _field(obj: dict, name: str) -> Any:
     return next((lower[a] for a in _ALIASES[name] if a in lower), None)
 
 
-def parse_pair(reply: Reply) -> tuple[dict | None, str]:
-    """A pair {"instruction", "input", "response"} from a generator reply, or None and why not."""
+def parse_pair(reply: Reply) -> dict:
+    """A pair {"instruction", "input", "response"} from a generator reply; else Drop(why not)."""
     if not reply.ok:
-        return None, "generation_failed"
+        raise Drop("generation_failed")
     objects = json_objects(reply.content)
     nested = [v for o in objects for v in o.values() if isinstance(v, dict)]
     for obj in objects + nested:
         ins, inp, resp = _field(obj, "instruction"), _field(obj, "input"), _field(obj, "response")
         if isinstance(ins, str) and isinstance(resp, str) and ins.strip() and resp.strip():
             inp = inp.strip() if isinstance(inp, str) else ""
-            return {"instruction": ins.strip(), "input": inp, "response": resp.strip()}, "ok"
+            return {"instruction": ins.strip(), "input": inp, "response": resp.strip()}
     if objects:
-        return None, "invalid_pair"
-    return None, "truncated" if reply.finish_reason == "length" else "no_json"
+        raise Drop("invalid_pair")
+    raise Drop("truncated" if reply.finish_reason == "length" else "no_json")
 
 
-def parse_verdict(reply: Reply) -> tuple[dict | None, str]:
-    """{"scores": {dimension: 0-10}, "rationale"} from a judge reply, or None and why not."""
+def parse_verdict(reply: Reply) -> dict:
+    """{"scores": {dimension: 0-10}, "rationale"} from a judge reply; else Drop(why not)."""
     if not reply.ok:
-        return None, f"request_failed:{reply.error}"
+        raise Drop(f"request_failed:{reply.error}")
     objects = json_objects(reply.content)
     for obj in objects + [v for o in objects for v in o.values() if isinstance(v, dict)]:
         lower = {str(k).strip().lower(): v for k, v in obj.items()}
         scores = {d: _score(lower.get(d)) for d in DIMENSIONS}
         if all(v is not None for v in scores.values()):
             rationale = next((v for o in objects for k, v in o.items() if k.lower() == "rationale"), "")
-            return {"scores": scores, "rationale": rationale if isinstance(rationale, str) else ""}, "ok"
+            return {"scores": scores, "rationale": rationale if isinstance(rationale, str) else ""}
     if not objects:
-        return None, "truncated" if reply.finish_reason == "length" else "no_json"
-    return None, "bad_scores"
+        raise Drop("truncated" if reply.finish_reason == "length" else "no_json")
+    raise Drop("bad_scores")
 
 
 def _score(value: Any) -> float | None:

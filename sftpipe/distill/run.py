@@ -23,7 +23,7 @@ from tqdm import tqdm
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
-from sftpipe.core.records import Record, make_record, message
+from sftpipe.core.records import Drop, Record, make_record, message
 from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
 from sftpipe.distill.llm import (
     Balancer,
@@ -192,15 +192,19 @@ class _Run:
         return {**req, "response_format": fmt} if fmt else req
 
     async def judge(self, name: str, unit: Unit) -> None:
-        verdict, why = parse_verdict(await self.judges[name].complete(self.judge_request(name, unit)))
-        if verdict is None:
-            unit.verdicts[name] = {"error": why}
-        else:
-            unit.verdicts[name] = {**verdict, "weighted": weighted(verdict["scores"], self.p.weights)}
+        try:
+            verdict = parse_verdict(await self.judges[name].complete(self.judge_request(name, unit)))
+        except Drop as drop:
+            unit.verdicts[name] = {"error": drop.reason}
+            return
+        unit.verdicts[name] = {**verdict, "weighted": weighted(verdict["scores"], self.p.weights)}
 
     async def unit(self, unit: Unit) -> Unit:
         unit.reply = await self.gen.complete(self.gen_request(unit))
-        unit.pair, unit.status = parse_pair(unit.reply)
+        try:
+            unit.pair, unit.status = parse_pair(unit.reply), "ok"
+        except Drop as drop:
+            unit.pair, unit.status = None, drop.reason
         if unit.pair is not None:
             await asyncio.gather(*(self.judge(name, unit) for name in self.judges))
             unit.status = self.decide(unit)

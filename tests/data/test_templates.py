@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from sftpipe.data.format.templates import Renderer, RenderError, TemplateError
+from sftpipe.core.records import Drop
+from sftpipe.data.format.templates import Renderer, TemplateError
 from sftpipe.data.format.tokenizer import IGNORE, bos_prefix, encode
 from tests.conftest import GPT2
 from tests.smollm2 import smollm2_dir
@@ -220,7 +221,7 @@ def test_gpt2_has_no_chat_template(gpt2):
     ],
 )  # fmt: skip
 def test_unrenderable_records_have_reasons(gpt2, template, conv, reason):
-    with pytest.raises(RenderError) as exc:
+    with pytest.raises(Drop) as exc:
         Renderer(template, gpt2)(conv)
     assert exc.value.reason == reason
 

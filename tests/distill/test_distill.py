@@ -17,14 +17,34 @@ import yaml
 
 from sftpipe.core.config import ParamsError, validate
 from sftpipe.core.jsonio import read_jsonl
+from sftpipe.core.records import Drop
 from sftpipe.distill.llama_server import LocalServerError, LocalServerSpec, local_servers
 from sftpipe.distill.llm import Reply
-from sftpipe.distill.parse import parse_pair, parse_verdict, weighted
+from sftpipe.distill.parse import parse_pair as _parse_pair
+from sftpipe.distill.parse import parse_verdict as _parse_verdict
+from sftpipe.distill.parse import weighted
 from sftpipe.distill.prompts import DIMENSIONS, fill, template
 from sftpipe.distill.run import DistillParams, distill, seed_for
 from sftpipe.distill.slices import DistillError, chunk_text, read_slices
 from tests.conftest import ROOT, copy_repo, dvc, write_lines
 from tests.fake_openai import FakeOpenAI
+
+
+def _outcome(parse, reply):
+    """(parsed, "ok"), or (None, the Drop's reason)."""
+    try:
+        return parse(reply), "ok"
+    except Drop as drop:
+        return None, drop.reason
+
+
+def parse_pair(reply):
+    return _outcome(_parse_pair, reply)
+
+
+def parse_verdict(reply):
+    return _outcome(_parse_verdict, reply)
+
 
 OUTPUTS = ("records.jsonl", "generated_raw.jsonl", "scored.jsonl", "rejected.jsonl", "metadata.json")
 

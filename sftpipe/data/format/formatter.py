@@ -32,7 +32,8 @@ from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
-from sftpipe.data.format.templates import Rendered, Renderer, RenderError, require_control_tokens
+from sftpipe.core.records import Drop
+from sftpipe.data.format.templates import Rendered, Renderer, require_control_tokens
 from sftpipe.data.format.tokenizer import (
     IGNORE,
     Encoded,
@@ -152,8 +153,8 @@ class Formatter:
             return "empty_prompt", "no user turn with content"
         try:
             return self.render(messages, meta)
-        except RenderError as exc:
-            return exc.reason, exc.detail
+        except Drop as drop:
+            return drop.reason, drop.detail
 
     def _encode(self, items: list[_Item]) -> None:
         encoded = self.encode([i.rendered for i in items])

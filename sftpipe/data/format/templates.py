@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass
 
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.records import Drop
 
 ALPACA = (
     "Below is an instruction that describes a task. "
@@ -52,15 +53,6 @@ _MARKER = re.compile(f"{_MARK[0]}(\\d+){_MARK[1]}")
 
 class TemplateError(SftpipeError, ValueError):
     """The chosen template cannot work with this tokenizer (a setting to change, not a record)."""
-
-
-class RenderError(Exception):
-    """One record cannot be rendered with the template; `reason` is the counted drop reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +101,7 @@ def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
     rest = messages[n:]
     for m in rest:
         if m["role"] not in ("user", "assistant"):
-            raise RenderError("unsupported_role", f"role {m['role']!r} after the first turn")
+            raise Drop("unsupported_role", f"role {m['role']!r} after the first turn")
     system = "\n\n".join(m["content"] for m in messages[:n]) if n else None
     return system, rest
 
@@ -144,9 +136,9 @@ class Renderer:
             b.add(messages[0]["content"] + self.eos, trained=True)
             return b.done()
         if not any(m["role"] == "assistant" for m in messages):
-            raise RenderError("no_assistant_turn")
+            raise Drop("no_assistant_turn")
         if messages[-1]["role"] != "assistant":
-            raise RenderError("ends_without_assistant", f"last turn is {messages[-1]['role']!r}")
+            raise Drop("ends_without_assistant", f"last turn is {messages[-1]['role']!r}")
         return self._render(messages, meta)
 
     def _alpaca(self, messages: list[dict], meta: dict) -> Rendered:
@@ -243,7 +235,7 @@ class Renderer:
             if i:
                 prefix = self._apply(messages[:i], True)
                 if not text.startswith(prefix):
-                    raise RenderError(
+                    raise Drop(
                         "template_error", f"turn {i}: the chat template renders earlier turns differently"
                     )
                 cursor = max(cursor, len(prefix))
@@ -253,7 +245,7 @@ class Renderer:
                 content = content.strip()  # templates that trim the content (Llama 3, Gemma)
                 start = text.find(content, cursor)
             if start < 0:
-                raise RenderError("template_error", f"turn {i}: the chat template does not show the content")
+                raise Drop("template_error", f"turn {i}: the chat template does not show the content")
             where.append((start, start + len(content)))
             cursor = start + len(content)
         return where
@@ -266,7 +258,7 @@ class Renderer:
                 messages, tokenize=False, add_generation_prompt=generation_prompt
             )
         except Exception as exc:  # jinja raises its own errors (e.g. "roles must alternate")
-            raise RenderError("template_error", f"{type(exc).__name__}: {exc}") from None
+            raise Drop("template_error", f"{type(exc).__name__}: {exc}") from None
 
 
 def _special_tokens(tokenizer) -> set[str]:

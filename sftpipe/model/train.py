@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -347,7 +348,10 @@ def build_model(base_dir: str | Path, params: TrainParams, seed: int, prec: str 
             target_modules=modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft probes transformers' deprecated `is_gradient_checkpointing`; nothing for users to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(model, config)
     return model
 
 

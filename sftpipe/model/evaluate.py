@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -355,7 +356,10 @@ def load_trained(base_dir: str | Path, sft_dir: str | Path, device: str):
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-        return PeftModel.from_pretrained(base, str(sft_dir)).to(device)
+        with warnings.catch_warnings():
+            # peft probes transformers' deprecated `is_gradient_checkpointing` (as train silences too)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return PeftModel.from_pretrained(base, str(sft_dir)).to(device)
     if not (sft_dir / "config.json").is_file():
         raise TrainError(f"{sft_dir}: neither an adapter nor a model (run the train stage first)")
     model: Any = AutoModelForCausalLM.from_pretrained(str(sft_dir), dtype=torch.float32)

@@ -366,7 +366,8 @@ def _dataset_input(spec: dict, run: StageRun):
         # MLflow hints that integer columns cannot hold missing values; ours never miss one.
         warnings.filterwarnings("ignore", message=r".*[Ii]nteger column", category=UserWarning)
         ds = from_huggingface(ds, path=str(path), name=spec["name"] or str(path), digest=run.digest(path))
-    return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, spec["context"])])
+        entity = ds._to_mlflow_entity()  # the schema is inferred here, lazily
+    return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, spec["context"])])
 
 
 _TEXT = {".json", ".jsonl", ".csv", ".txt", ".yaml", ".yml", ".md", ".jinja", ".tsv"}

@@ -20,6 +20,8 @@ START, END = "<!-- params:start -->", "<!-- params:end -->"
 def _type(annotation) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained type (e.g. int >= 1): documented as its base
+        return _type(args[0])
     if origin is typing.Literal:
         return " \\| ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):

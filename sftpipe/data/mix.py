@@ -12,11 +12,11 @@ import random
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
@@ -34,14 +34,14 @@ class MixParams(Section):
     weight / sum of weights of the train split, whatever its size."""
     weights: dict[str, float] = {}
     """Weight per source (0 excludes it); a source not named weighs 1. See `weighting`."""
-    max_repeat: float = 4.0
+    max_repeat: Annotated[float, Field(ge=1)] = 4.0
     """Most times one row may appear in train; a source asking for more is capped there, with a
     warning and a count under `capped` in reports/mix.json."""
-    train_size: int | None = None
+    train_size: Annotated[int, Field(ge=1)] | None = None
     """Rows in the mixed train split (targets scaled to it); null: the weighted natural size."""
-    val_size: int | None = None
+    val_size: Annotated[int, Field(ge=1)] | None = None
     """Down-sample val to at most this many rows (seeded, without replacement); null keeps all."""
-    test_size: int | None = None
+    test_size: Annotated[int, Field(ge=1)] | None = None
     """Down-sample test to at most this many rows; null keeps all."""
 
     @field_validator("weights")
@@ -51,20 +51,6 @@ class MixParams(Section):
         if bad:
             raise ValueError(f"weights must be >= 0 (got {bad})")
         return weights
-
-    @field_validator("max_repeat")
-    @classmethod
-    def _at_least_one(cls, v: float) -> float:
-        if v < 1:
-            raise ValueError("max_repeat must be at least 1 (1: no row repeated)")
-        return v
-
-    @field_validator("train_size", "val_size", "test_size")
-    @classmethod
-    def _positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be at least 1, or null")
-        return v
 
 
 class MixError(SftpipeError, ValueError):

@@ -190,12 +190,11 @@ def run(
 ) -> tuple[Tally, dict]:
     """The stage: write <out>/<split>.parquet (train sampled by weight, val/test down-sampled);
     return the tally over all splits and the report's extras (per split, per source shares).
-    `known`: the source names that exist (a weight for any other is a typo)."""
+    `known`: the source names that exist (a weight for any other is warned about)."""
     unknown = sorted(set(params.weights) - set(known))
-    if unknown:
-        raise MixError(
-            f"mix.weights: no source named {', '.join(unknown)} (have: {', '.join(sorted(known))})"
-        )
+    if unknown:  # a typo, or a source removed from `sources:` whose weight stayed behind
+        have = ", ".join(sorted(known))
+        print(f"warning: mix.weights: no source named {', '.join(unknown)} (have: {have})", file=sys.stderr)
     tallies = {n: Tally() for n in SPLITS}
     src = {n: Path(src_dir) / f"{n}.parquet" for n in SPLITS}
     # only id and source decide; the heavy columns stream from disk in the order decided here

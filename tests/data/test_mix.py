@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 
 from sftpipe.core.accounting import Tally
@@ -41,12 +42,15 @@ def test_max_repeat_caps_upsampling_and_says_so(capsys):
         MixParams(max_repeat=0.5)
 
 
-def test_all_zero_weights_fail_and_unknown_sources_are_named(tmp_path):
+def test_all_zero_weights_fail_and_unknown_sources_are_warned_about(tmp_path, capsys):
     with pytest.raises(MixError, match="nothing to train on"):
         _targets({"a": 1}, {"a": 0})
     assert _targets({"a": 5}, {"c": 2}) == {"a": 5}  # a known source with no train rows takes none
-    with pytest.raises(MixError, match="no source named c"):
-        mix_run(MixParams(weights={"c": 1}), 1, tmp_path, tmp_path / "out", known=["a"])
+    (tmp_path / "in").mkdir()
+    for split in ("train", "val", "test"):
+        pq.write_table(table(a=3), tmp_path / "in" / f"{split}.parquet")
+    tally, _ = mix_run(MixParams(weights={"c": 1}), 1, tmp_path / "in", tmp_path / "out", known=["a"])
+    assert tally.n_out == 9 and "no source named c (have: a)" in capsys.readouterr().err
 
 
 def test_sample_repeats_whole_copies_then_a_subset():

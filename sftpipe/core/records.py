@@ -50,12 +50,6 @@ class Drop(Exception):
     def __reduce__(self):  # survive pickling to and from worker processes
         return Drop, (self.reason, self.detail, self.fatal_when)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Drop) and (self.reason, self.detail, self.fatal_when) == (
-            other.reason, other.detail, other.fatal_when)  # fmt: skip
-
-    __hash__ = Exception.__hash__
-
 
 def content_hash(messages: Sequence[Message], n: int = 16) -> str:
     """Stable hash of a conversation's roles and texts (hex, `n` characters)."""

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftpipe.core.errors import SftpipeError
-from sftpipe.io.readers import Bad, ReadError, read_file
+from sftpipe.core.records import Drop
+from sftpipe.io.readers import ReadError, read_file
 
 
 class DistillError(SftpipeError, ValueError):
@@ -70,7 +71,7 @@ def read_slices(path: str | Path) -> list[dict]:
         raise DistillError(f"distill.slices: {exc}") from None
     for where, row in rows:
         pos = f"{where['file']}: line {where.get('line', where.get('index'))}"
-        if isinstance(row, Bad):
+        if isinstance(row, Drop):
             raise DistillError(f"{pos}: {row.reason}: {row.detail}")
         content, sid, meta = row.get("content"), row.get("id"), row.get("metadata") or {}
         if not isinstance(content, str) or not content.strip():

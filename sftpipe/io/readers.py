@@ -187,6 +187,3 @@ def _csv(path: Path, name: str) -> Iterator[tuple[dict, dict | Drop]]:
             raise ReadError(f"{name}: after line {reader.line_num}: not UTF-8 ({exc.reason})") from None
         except csv.Error as exc:
             raise ReadError(f"{name}: line {reader.line_num}: {exc}") from None
-
-
-Bad = Drop  # the name distill still imports; to go with distill's move to Drop

@@ -29,7 +29,6 @@ def run(main: Callable[[], object], stage: str | None = None) -> None:
 def dvc_stage(name: str) -> dict | None:
     """The stage as DVC itself resolves it (a foreach item included): the values of the params
     it declares, its deps, outs and metrics files; None outside a DVC repo or for an unknown name."""
-    from dvc.api import params_show
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -37,7 +36,13 @@ def dvc_stage(name: str) -> dict | None:
     try:
         with Repo() as repo:
             (stage,) = repo.stage.collect(name)
-        params = params_show(stages=[name])
+            # the values of the params the stage declares, keyed as declared ("sources.sharegpt")
+            params = {
+                k: v
+                for d in stage.deps
+                if isinstance(d, ParamsDependency)
+                for k, v in d.read_params().items()
+            }
     except (DvcException, ValueError):
         return None
     return {

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.records import Drop
 from sftpipe.data.dedup.minhash import shingles, tokenize
-from sftpipe.io.readers import Bad, ReadError, files_in, read_file
+from sftpipe.io.readers import ReadError, files_in, read_file
 
 
 class EvalSetError(SftpipeError, ValueError):
@@ -70,7 +71,7 @@ class EvalIndex:
         try:
             for f in files_in(path):
                 for _, row in read_file(f):
-                    if not isinstance(row, Bad):
+                    if not isinstance(row, Drop):
                         texts.extend(s for s in _strings(row) if s.strip())
         except ReadError as exc:
             raise EvalSetError(f"dedup.decontaminate.sets.{name}: {exc}") from None

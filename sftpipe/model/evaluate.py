@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +32,7 @@ from sftpipe.core.jsonio import read_jsonl, write_jsonl
 from sftpipe.model.judge import JudgeParams
 from sftpipe.model.stats import DIRECTION, paired, wilson
 from sftpipe.model.tasks import TaskSpec, load_items, score_generated
-from sftpipe.model.train import TrainError, id_order, pick_device, select_rows
+from sftpipe.model.train import TrainError, id_order, pick_device, quiet_peft, select_rows
 
 REPETITION_N = 3
 
@@ -356,9 +355,7 @@ def load_trained(base_dir: str | Path, sft_dir: str | Path, device: str):
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-        with warnings.catch_warnings():
-            # peft probes transformers' deprecated `is_gradient_checkpointing` (as train silences too)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        with quiet_peft():
             return PeftModel.from_pretrained(base, str(sft_dir)).to(device)
     if not (sft_dir / "config.json").is_file():
         raise TrainError(f"{sft_dir}: neither an adapter nor a model (run the train stage first)")

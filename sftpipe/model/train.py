@@ -24,6 +24,7 @@ instead). Only rank 0 writes models/, reports and MLflow, and it rotates checkpo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -53,6 +54,8 @@ Scheduler = Literal[
 ]
 Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 FINGERPRINT = "sftpipe_run.json"
+# Written when a run finishes: its checkpoints are history, not a point to resume from.
+COMPLETE = "sftpipe_complete"
 METADATA = "metadata.json"  # export's, beside the DatasetDict: the template the rows were rendered with
 
 
@@ -348,11 +351,18 @@ def build_model(base_dir: str | Path, params: TrainParams, seed: int, prec: str 
             target_modules=modules,
             task_type="CAUSAL_LM",
         )
-        with warnings.catch_warnings():
-            # peft probes transformers' deprecated `is_gradient_checkpointing`; nothing for users to act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        with quiet_peft():
             model = get_peft_model(model, config)
     return model
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft probes transformers' deprecated `is_gradient_checkpointing`: a FutureWarning on every
+    adapter load that users can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def collator(tokenizer, packing: bool):
@@ -431,6 +441,8 @@ def checkpoint_to_resume(ckpt_dir: Path, fp: dict, resume: bool, main: bool = Tr
 
     marker = ckpt_dir / FINGERPRINT
     same = marker.is_file() and loads(marker.read_bytes()) == fp
+    if (ckpt_dir / COMPLETE).exists():  # a finished run is re-run from the start, never extended
+        same = False
     barrier()  # every process has read the marker before the main one rewrites it
     if main:
         if not same and ckpt_dir.exists():
@@ -713,6 +725,7 @@ def train(
         barrier()
         return TrainResult(tally, {}, history, time.perf_counter() - start)
     save_model(trainer, tokenizer, params, out_dir, adapter_dir, stop_ids)
+    (ckpt_dir / COMPLETE).touch()
     barrier()
 
     curve = loss_curve(history)

@@ -11,6 +11,7 @@ import torch
 from sftpipe.core.accounting import Tally
 from sftpipe.core.jsonio import read_jsonl
 from sftpipe.model.train import (
+    COMPLETE,
     LoraParams,
     PackedRows,
     TrainParams,
@@ -64,6 +65,17 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
     assert checkpoint_to_resume(ckpt, other, True) is None
     assert not (ckpt / "checkpoint-3").exists()  # a changed run clears them
     assert checkpoint_to_resume(ckpt, fingerprint(params, 1, "other.dir", "b.dir"), True) is None
+
+
+def test_a_finished_run_is_never_resumed(tmp_path):
+    """`dvc repro -f train` after a run that finished trains from the start, not one step past it."""
+    fp = fingerprint(TrainParams(), 1, "d.dir", "b.dir")
+    ckpt = tmp_path / "ckpt"
+    checkpoint_to_resume(ckpt, fp, True)
+    (ckpt / "checkpoint-20").mkdir()
+    (ckpt / COMPLETE).touch()
+    assert checkpoint_to_resume(ckpt, fp, True) is None
+    assert not (ckpt / "checkpoint-20").exists() and not (ckpt / COMPLETE).exists()
 
 
 def test_padding_collator_pads_ids_with_pad_and_labels_with_ignore(base_dir):
@@ -180,6 +192,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(base_dir, tiny_data
     assert cut.report == {} and not (tmp_path / "cut").exists()  # killed after step 3; step 2 was saved
     resumed = train(params, 3, tiny_data, base_dir, tmp_path / "cut", tmp_path / "ckpt-cut")
     assert resumed.report["resumed_from_step"] == 2 and resumed.report["steps"] == 4
+    again = train(params, 3, tiny_data, base_dir, tmp_path / "again", tmp_path / "ckpt-cut")
+    assert again.report["resumed_from_step"] == 0 and again.report["steps"] == 4  # finished: start over
     losses = [e["loss"] for e in whole.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.log_history if "loss" in e] == pytest.approx(
         losses, rel=1e-5, abs=1e-6

@@ -23,7 +23,7 @@ def main() -> None:
     params = load_params(args.params, model=ModelParams).model
     source = resolve(params.source)
     deps = [source.path] if source.path else []
-    with tracking.stage_run("base_model", params, deps=deps, outs=[args.out]) as run:
+    with tracking.stage_run("base_model", {"model": params}, deps=deps, outs=[args.out]) as run:
         start = time.perf_counter()
         report = materialize(params, args.out)
         write_json(args.report, report)

@@ -42,7 +42,7 @@ def main() -> None:
             )
     deps = [args.data, args.base, args.model]
     outs = [args.report, args.generations, args.rows]
-    with tracking.stage_run("evaluate", p, deps=deps, outs=outs) as run:
+    with tracking.stage_run("evaluate", {"seed": params.seed, "evaluate": p}, deps=deps, outs=outs) as run:
         start = time.monotonic()
         report = evaluate(
             p, args.data, args.base, args.model, args.generations, args.rows, params.seed, clean

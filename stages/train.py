@@ -69,6 +69,8 @@ def main() -> None:
             run.log_artifact(merged_adapter or args.out, "adapter")
         for path in (args.report, args.curve, args.params):
             run.log_artifact(path)
+        if p.registered_model:
+            run.log_model(args.base, args.out, p.registered_model)
     print(
         f"train: {report['steps']} steps x {report['processes']} process(es) on {report['out']} of "
         f"{report['rows']['available']} rows ({report['tokens_seen']:,} tokens seen) in {result.seconds:.0f}s, "

@@ -70,6 +70,13 @@ def _rows(dsd, split: str, params: EvaluateParams):
     return ds.select(sorted(order), keep_in_memory=True)
 
 
+def progress() -> dict:
+    """tqdm settings: a live bar on a terminal; in a log (CI, `dvc queue logs`) a line every 15 s,
+    so a long evaluation is never silent."""
+    tty = sys.stderr.isatty()
+    return {"file": sys.stderr, "mininterval": 0.1 if tty else 15.0, "ascii": not tty}
+
+
 def token_losses(
     model, rows, batch_size: int, pad_id: int, device: str, desc: str = "scoring"
 ) -> list[tuple[float, int]]:
@@ -85,7 +92,7 @@ def token_losses(
     out: list[tuple[float, int]] = [(0.0, 0)] * len(order)
     model.eval()
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=None):
+    for start in tqdm(starts, desc=desc, unit="batch", **progress()):
         batch = by_length[start : start + batch_size]
         width = max(len(x) for x in batch["input_ids"])
         ids = torch.full((len(batch["input_ids"]), width), pad_id, dtype=torch.long)
@@ -200,7 +207,7 @@ def generate(
     out: list[dict] = [{}] * len(order)
     model.eval()
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=None):
+    for start in tqdm(starts, desc=desc, unit="batch", **progress()):
         batch = [prompt_ids[i] for i in order[start : start + batch_size]]
         width = max(len(p) for p in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -78,6 +78,9 @@ class TrainParams(Section):
     lora: LoraParams = LoraParams()
     merge_adapter: bool = False
     """LoRA/QLoRA: write the base with the adapter merged in (a plain model) instead of the adapter."""
+    registered_model: str | None = None
+    """Log models/sft as an MLflow transformers model (with the base weights, so it serves alone)
+    and register it under this name; null = only the adapter files as artifacts."""
     epochs: float = 1.0
     """Passes over the training rows (when max_steps is -1)."""
     max_steps: int = 6
@@ -423,7 +426,9 @@ class PackedRows:
 
 
 def fingerprint(params: TrainParams, seed: int, data_md5: str | None, base_md5: str | None) -> dict:
-    return {"params": params.model_dump(mode="json"), "seed": seed, "data": data_md5, "base": base_md5}
+    # registration happens after training, so it never invalidates a checkpoint
+    shaping = params.model_dump(mode="json", exclude={"registered_model"})
+    return {"params": shaping, "seed": seed, "data": data_md5, "base": base_md5}
 
 
 def barrier() -> None:

@@ -49,7 +49,8 @@ def dvc_stage(name: str) -> dict | None:
         "params": params,
         "deps": [d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)],
         "outs": [o.def_path for o in stage.outs],
-        "metrics": [o.def_path for o in stage.outs if o.metric],
+        # its JSON reports: summary.json is the one DVC metric, the others are uncached outs
+        "metrics": [o.def_path for o in stage.outs if not o.use_cache and o.def_path.endswith(".json")],
     }
 
 
@@ -68,7 +69,10 @@ def track(stage: str) -> None:
     metrics = {}
     for m in spec["metrics"]:
         if Path(m).is_file():
-            metrics.update(tracking.flatten(loads(Path(m).read_bytes()), Path(m).stem))
+            # the stage's own report (reports/<stage>.json, reports/<stage>/<key>.json) keys its
+            # metrics as train and evaluate do, unprefixed; another report is prefixed by its name
+            own = Path(m).stem in (stage, key) or Path(m).parent.name == stage
+            metrics.update(tracking.flatten(loads(Path(m).read_bytes()), "" if own else Path(m).stem))
     tracking.log_stage(
         name, spec["params"], metrics=tracking.numeric(metrics), deps=spec["deps"], outs=spec["outs"]
     )

@@ -1,4 +1,5 @@
-"""MLflow tracking for every stage: one run per stage execution, tying outputs to inputs.
+"""MLflow tracking for every stage: one run per stage execution, tying outputs to inputs, nested
+under one parent run per build (a `dvc repro` or a `dvc exp run`).
 
     with stage_run("clean", params.clean, deps=[...], outs=[...]) as run:
         report = ...                       # the stage's work
@@ -9,6 +10,12 @@ commit, `DVC_EXP_NAME` when set, and the DVC md5 of every dep and out (`dvc.deps
 `dvc.outs.<path>`, computed the way `dvc` does, so they match `dvc.lock`). Everything is logged
 at the end in a few calls, so MLflow never sits inside a stage's work, and a failed stage still
 leaves a FAILED run with its params.
+
+The parent run is found or made by the first stage of a build, keyed by what defines the build:
+the experiment name (`DVC_EXP_NAME`), the git commit, params.yaml and the uncommitted changes to
+tracked files (dvc.lock and reports/ aside). It holds the whole params.yaml as params (keyed
+`section.key`, as every stage run is) and the headline metrics of reports/summary.json, so
+learning rate and val loss sit in one view.
 
 Store: `MLFLOW_TRACKING_URI`, else SQLite at `<repo root>/mlflow.db` with artifacts in
 `<repo root>/mlruns`. The repo root is absolute and the same for `dvc exp run --temp/--queue`
@@ -212,6 +219,7 @@ class StageRun:
         self.tags: dict[str, str] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
         self.datasets: list[dict] = []
+        self.model: dict | None = None
         self.digests: dict[str, str | None] = {}
         self.run_id: str | None = None
 
@@ -235,6 +243,12 @@ class StageRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or folder to store with the run (text files are scrubbed of secrets)."""
         self.artifacts.append((Path(path), artifact_path))
+
+    def log_model(self, base_dir: str | Path, sft_dir: str | Path, registered_name: str) -> None:
+        """models/sft (an adapter on `base_dir`, or a full model) as an MLflow transformers model
+        of this run, registered under `registered_name`; its version carries the dataset digests
+        of the run's inputs, and the run links it to them."""
+        self.model = {"base": Path(base_dir), "sft": Path(sft_dir), "name": registered_name}
 
     def log_dataset(self, dataset: Any, path: str | Path, context: str = "training", name: str | None = None):
         """A Hugging Face `datasets.Dataset` read from `path` (a DVC-tracked folder) as an MLflow
@@ -303,6 +317,68 @@ def _experiment(mlflow: Any, uri: str) -> str:
         return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
+def build_key(root: Path | None = None) -> tuple[str, str]:
+    """(key, run name) of the build a stage belongs to: stages of one `dvc repro` or one
+    experiment share them; a changed params.yaml, commit or working tree starts another build."""
+    import hashlib
+
+    root = root or Path(os.environ.get("DVC_ROOT") or Path.cwd())
+    commit, _ = git_commit(root)
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", ".", ":!dvc.lock", ":!reports"],
+            cwd=root,
+            capture_output=True,
+            timeout=20,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        diff = b""
+    params = root / "params.yaml"
+    exp = os.environ.get("DVC_EXP_NAME", "")
+    h = hashlib.sha256()
+    for part in (
+        exp.encode(),
+        (commit or "").encode(),
+        params.read_bytes() if params.is_file() else b"",
+        diff,
+    ):
+        h.update(hashlib.sha256(part).digest())
+    name = exp or f"repro {commit[:7] if commit else 'workspace'}"
+    return h.hexdigest()[:16], name
+
+
+def _parent(client: Any, exp_id: str, secrets: list[str]) -> str:
+    """The build's parent run id, created (with the whole params.yaml) by its first stage."""
+    from mlflow.entities import Param
+
+    key, name = build_key()
+    found = client.search_runs([exp_id], filter_string=f"tags.`sftpipe.build` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {"sftpipe.build": key, "mlflow.note.content": "One build: its stage runs are nested below."}
+    commit, dirty = git_commit()
+    if commit:
+        tags.update(
+            {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+        )
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            tags[var.lower()] = os.environ[var]
+    run_id = client.create_run(
+        exp_id, run_name=name, tags={k: scrub(v, secrets) for k, v in tags.items()}
+    ).info.run_id
+    params_file = Path(os.environ.get("DVC_ROOT") or Path.cwd()) / "params.yaml"
+    if params_file.is_file():
+        import yaml
+
+        flat = safe_params(yaml.safe_load(params_file.read_text()) or {}, secrets)
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i : i + 100])
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
 def _tags(run: StageRun) -> dict[str, str]:
     commit, dirty = git_commit()
     tags = {"stage": run.stage}
@@ -329,11 +405,17 @@ def _flush(run: StageRun, start: float, status: str) -> None:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
-    tags = {k: scrub(v, secrets) for k, v in _tags(run).items()}
-    created = client.create_run(_experiment(mlflow, uri), start_time=int(start * 1000), run_name=run.stage)
+    exp_id = _experiment(mlflow, uri)
+    parent = _parent(client, exp_id, secrets)
+    tags = {k: scrub(v, secrets) for k, v in {**_tags(run), "mlflow.parentRunId": parent}.items()}
+    created = client.create_run(exp_id, start_time=int(start * 1000), run_name=run.stage)
     run.run_id = run_id = created.info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in {**run.metrics, "duration_s": time.time() - start}.items()]
+    if run.stage == "summary":  # the headline goes on the build, beside its params
+        headline = [Metric(k, v, now, 0) for k, v in run.metrics.items()]
+        for i in range(0, len(headline), 1000):
+            client.log_batch(parent, metrics=headline[i : i + 1000])
     for name, points in run.curves.items():
         metrics += [Metric(name, v, now, step) for step, v in points]
     params = [Param(k, v) for k, v in safe_params(run.params or {}, secrets).items()]
@@ -347,11 +429,54 @@ def _flush(run: StageRun, start: float, status: str) -> None:
         client.log_inputs(run_id, datasets=[_dataset_input(d, run) for d in run.datasets])
     for path, artifact_path in run.artifacts:
         _log_artifact(client, run_id, path, artifact_path, secrets)
+    if run.model and status == "FINISHED":
+        _log_model(mlflow, run_id, run)
     client.set_terminated(run_id, status=status)
+
+
+def _log_model(mlflow: Any, run_id: str, run: StageRun) -> None:
+    import importlib.metadata
+
+    import mlflow.transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = run.model or {}
+    sft: Path = spec["sft"]
+    if (sft / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        from sftpipe.model.train import quiet_peft
+
+        with quiet_peft():
+            model = PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(str(spec["base"])), str(sft)
+            )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(sft))
+    reqs = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "transformers", "peft", "accelerate")]
+    digests = {f"dataset.{d['path']}": run.digest(d["path"]) or "missing" for d in run.datasets}
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # it looks the local base up on the hub for a model card and a license: neither exists
+        warnings.filterwarnings("ignore")
+        logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": AutoTokenizer.from_pretrained(str(sft))},
+            name="model",
+            task="llm/v1/chat",
+            pip_requirements=reqs,
+            registered_model_name=spec["name"],
+            tags=digests,
+        )
+    version = info.registered_model_version
+    if version is not None:
+        client = mlflow.MlflowClient()
+        for key, value in digests.items():
+            client.set_model_version_tag(spec["name"], str(version), key, value)
 
 
 def _dataset_input(spec: dict, run: StageRun):
     from datasets import Value
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.huggingface_dataset import from_huggingface
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -365,7 +490,13 @@ def _dataset_input(spec: dict, run: StageRun):
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values; ours never miss one.
         warnings.filterwarnings("ignore", message=r".*[Ii]nteger column", category=UserWarning)
-        ds = from_huggingface(ds, path=str(path), name=spec["name"] or str(path), digest=run.digest(path))
+        # a local folder, not a hub dataset (source_type "local"); MLflow registers the local
+        # source class twice and says so
+        warnings.filterwarnings(
+            "ignore", message=".*can be interpreted in multiple ways", category=UserWarning
+        )
+        source = resolve_dataset_source(str(path.resolve()))
+        ds = from_huggingface(ds, name=spec["name"] or str(path), digest=run.digest(path), source=source)
         entity = ds._to_mlflow_entity()  # the schema is inferred here, lazily
     return DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, spec["context"])])
 

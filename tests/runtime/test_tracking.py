@@ -99,6 +99,7 @@ def test_stage_run_logs_params_metrics_digests_and_failures(tmp_path, monkeypatc
     runs = {
         r.data.tags["stage"]: r
         for r in mlflow.search_runs(experiment_names=["sftpipe"], output_format="list")
+        if "stage" in r.data.tags
     }
     ok = runs["clean"]
     assert ok.info.status == "FINISHED" and runs["dedup"].info.status == "FAILED"
@@ -113,6 +114,33 @@ def test_stage_run_logs_params_metrics_digests_and_failures(tmp_path, monkeypatc
     assert ok.data.tags["dvc_exp_name"] == "exp-1"
     local = client.download_artifacts(ok.info.run_id, "out.jsonl", str(tmp_path / "dl"))
     assert Path(local).read_text() == '{"text": "leaked ***"}\n'  # scrubbed on the way in
+
+
+def test_stages_of_one_build_nest_under_one_parent_holding_params_and_headline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    Path("params.yaml").write_text("seed: 1\ntrain:\n  learning_rate: 0.001\n")
+    tracking.log_stage("clean", {"clean": {"min_chars": 3}}, {"in": 5})
+    tracking.log_stage("summary", None, {"val": {"delta": -0.01}})
+    Path("params.yaml").write_text("seed: 1\ntrain:\n  learning_rate: 0.002\n")  # another build
+    tracking.log_stage("clean", {"clean": {"min_chars": 3}}, {"in": 5})
+
+    import mlflow
+
+    everything = mlflow.search_runs(experiment_names=["sftpipe"], output_format="list")
+    parents = {r.info.run_id: r for r in everything if "stage" not in r.data.tags}
+    children = [r for r in everything if "stage" in r.data.tags]
+    assert len(parents) == 2 and len(children) == 3
+    by_parent: dict[str, list[str]] = {}
+    for r in children:
+        by_parent.setdefault(r.data.tags["mlflow.parentRunId"], []).append(r.data.tags["stage"])
+    first = next(pid for pid, stages in by_parent.items() if "summary" in stages)
+    assert sorted(by_parent[first]) == ["clean", "summary"]
+    assert parents[first].data.params == {"seed": "1", "train.learning_rate": "0.001"}
+    assert parents[first].data.metrics == {"val.delta": -0.01}  # the headline, on the build
+    (second,) = set(parents) - {first}
+    assert parents[second].data.params["train.learning_rate"] == "0.002" and by_parent[second] == ["clean"]
 
 
 def test_tracking_can_be_turned_off(tmp_path, monkeypatch):
@@ -136,11 +164,12 @@ def test_train_run_records_data_params_and_lineage(stage_repo):
     import mlflow
 
     mlflow.set_tracking_uri(stage_repo["env"]["MLFLOW_TRACKING_URI"])
-    runs = {
-        r.data.tags["stage"]: r
-        for r in mlflow.search_runs(experiment_names=["sftpipe"], output_format="list")
-    }
+    everything = mlflow.search_runs(experiment_names=["sftpipe"], output_format="list")
+    runs = {r.data.tags["stage"]: r for r in everything if "stage" in r.data.tags}
     assert set(runs) == {"train", "evaluate"}
+    (parent,) = [r for r in everything if "stage" not in r.data.tags]  # one build: both stages under it
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert parent.info.run_name == "tiny-exp" and parent.data.params["train.learning_rate"] == "0.001"
     run = runs["train"]
     data_md5 = tracking.dvc_md5(stage_repo["data"])
     params = run.data.params
@@ -203,3 +232,41 @@ def test_canary_secret_reaches_no_param_tag_metric_or_artifact(stage_repo):
     assert CANARY.encode() not in (stage_repo["repo"] / "mlflow.db").read_bytes()
     for path in (stage_repo["repo"] / "reports").rglob("*"):
         assert not path.is_file() or CANARY.encode() not in path.read_bytes()
+
+
+@pytest.mark.slow
+def test_trained_model_is_logged_and_registered_with_its_dataset_digest(tmp_path, monkeypatch):
+    """An adapter on a tiny GPT-2 base, logged as an MLflow transformers model of the stage's run
+    and registered; the version names the run and carries the dataset's DVC md5."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+
+    from tests.tiny_sft import tiny_gpt2_base
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    base = tiny_gpt2_base(tmp_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lora = LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)), lora).save_pretrained("sft")
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained("sft")
+    Dataset.from_dict({"id": ["a", "b"], "text": ["x", "y"]}).save_to_disk("hf")
+    from datasets import load_from_disk
+
+    with tracking.stage_run("train", {"train": {"registered_model": "tiny-sft"}}, deps=["hf"]) as run:
+        run.log_dataset(load_from_disk("hf"), "hf")
+        run.log_model(base, "sft", "tiny-sft")
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions("name='tiny-sft'")
+    assert version.run_id == run.run_id
+    assert version.tags["dataset.hf"] == tracking.dvc_md5("hf")
+    (inp,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert inp.dataset.source_type == "local" and json.loads(inp.dataset.source)["uri"] == str(
+        tmp_path / "hf"
+    )
+    loaded = mlflow.transformers.load_model(f"models:/tiny-sft/{version.version}", return_type="components")
+    assert loaded["model"].config.n_layer == 2  # the base came along: it serves without models/base

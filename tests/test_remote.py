@@ -91,3 +91,59 @@ def test_push_clone_pull_restores_outputs_without_rerunning(corpora, s3_remote, 
     for path in [*(repo / ".dvc").rglob("*"), repo / "dvc.lock", *(clone / ".dvc").rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+REVIEW = Path(__file__).resolve().parents[1] / ".github" / "scripts" / "dataset-review.sh"
+
+
+def _review(repo: Path, base: str) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(REVIEW), base], cwd=repo, env=env, capture_output=True, text=True)
+
+
+def test_review_workflow_pulls_and_rebuilds_only_what_the_pr_changed(corpora, s3_remote, tmp_path):
+    from tests.conftest import set_params
+
+    endpoint, _ = s3_remote
+    repo = copy_repo(tmp_path / "repo")
+    git(repo, "config", "user.email", "t@t")
+    git(repo, "config", "user.name", "t")
+    sources = {
+        "seeds": {"path": str(corpora / "self_instruct_seed_tasks.jsonl")},
+        "libre": {"path": str(corpora / "alpaca_libre_v2.jsonl"), "max_samples": 200},
+    }
+    set_params(repo, sources=sources, **{"distill.enabled": False, "format.max_length": 512})
+    dvc(repo, "remote", "add", "-d", "team", "s3://team-dvc/cache")
+    dvc(repo, "remote", "modify", "team", "endpointurl", endpoint)
+    dvc(repo, "repro", "report")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "main")
+    git(repo, "branch", "-M", "main")
+    dvc(repo, "push")  # main's outputs are on the remote, as CI on main would leave them
+
+    # The pull request changes one source; its author pushed the commit but not the data.
+    git(repo, "checkout", "-qb", "pr")
+    sources["libre"]["max_samples"] = 150
+    set_params(repo, sources=sources)
+    git(repo, "commit", "-qam", "fewer libre rows")
+
+    ci = tmp_path / "ci"  # a fresh checkout of the PR, as actions/checkout leaves it
+    git(tmp_path, "clone", "-q", "-b", "pr", str(repo), str(ci))
+    git(ci, "fetch", "-q", "origin", "main:refs/remotes/origin/main")
+    done = _review(ci, "origin/main")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = {line.split("'")[1] for line in done.stderr.splitlines() if line.startswith("Running stage")}
+    # pulled, not rebuilt: the base model, the unchanged source; rebuilt: what depends on the change
+    assert ran == {"ingest@libre", "clean", "dedup", "format", "split", "mix", "export", "report"}, ran
+    assert "| `sources.libre.max_samples` | `200` | `150` |" in done.stdout
+
+    bare = tmp_path / "bare"  # a project that never set up a remote
+    git(tmp_path, "clone", "-q", str(repo), str(bare))
+    dvc(bare, "remote", "remove", "team")
+    failed = _review(bare, "HEAD")
+    assert failed.returncode == 1 and "Running stage" not in failed.stderr
+    assert failed.stderr.strip().splitlines() == [failed.stderr.strip().splitlines()[-1]]  # one line
+    assert failed.stderr.startswith("error: no DVC remote is configured")

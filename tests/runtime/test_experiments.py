@@ -24,10 +24,14 @@ from tests.tiny_sft import ROOT, TINY_PARAMS
 pytestmark = pytest.mark.slow
 
 
-def _sh(repo: Path, *cmd: str, timeout: int = 900) -> str:
+def _env() -> dict:
     env = {**os.environ, "SFTPIPE_TRACKING": "off", "DVC_NO_ANALYTICS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # this venv's python and dvc
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def _sh(repo: Path, *cmd: str, timeout: int = 900) -> str:
+    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
@@ -65,13 +69,15 @@ def test_a_queued_evaluate_only_change_does_not_train(base_dir, tiny_data, tmp_p
     trained = json.loads((repo / "reports/train.json").read_text())
 
     _sh(repo, "dvc", "exp", "run", "--queue", "-n", "fewer-generations", "-S", "evaluate.generations=1")
-    _sh(repo, "dvc", "queue", "start", "-j", "1")
+    # the worker outlives `dvc queue start` and would hold captured pipes open: no capture here
+    subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=repo, env=_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = _sh(repo, "dvc", "queue", "status")
         if "fewer-generations" in status and ("Success" in status or "Failed" in status):
             break
         time.sleep(5)
+    _sh(repo, "dvc", "queue", "stop", "--kill")
     logs = _sh(repo, "dvc", "queue", "logs", "fewer-generations")
     assert "Success" in status, f"{status}\n{logs[-3000:]}"
     assert "Stage 'train' didn't change, skipping" in logs, logs[-3000:]

@@ -77,22 +77,30 @@ def main() -> None:
     default = Cleaner(CleanParams())
     old = baseline_module(args.baseline) if args.baseline else None
     sizes = [s for s in SIZES if s <= args.max_mb * (1 << 20)]
-    print("| pattern | turn | clean, no length limit (s) | s/MB | clean, default limits (s) | split_code (s) |"
-          + (f" split_code at {args.baseline} (s) |" if old else ""))
+    print(
+        "| pattern | turn | clean, no length limit (s) | s/MB | clean, default limits (s) | split_code (s) |"
+        + (f" split_code at {args.baseline} (s) |" if old else "")
+    )
     print("|---|---|---|---|---|---|" + ("---|" if old else ""))
     for pattern in PATTERNS:
         for size in sizes:
             text = text_of(pattern, size)
-            rec = {"id": "x", "source": "s", "messages": [
-                {"role": "user", "content": "q"}, {"role": "assistant", "content": text}], "meta": {}}
-            t_full = best(lambda: unlimited(rec, set(), Counter()), args.repeat)
-            t_default = best(lambda: default(rec, set(), Counter()), args.repeat)
-            t_split = best(lambda: split_code(text), args.repeat)
-            row = (f"| {pattern} | {size / (1 << 20):.3g} MB | {t_full:.3f} | {t_full / (size / (1 << 20)):.3f} "
-                   f"| {t_default:.4f} | {t_split:.3f} |")
+            rec = {
+                "id": "x",
+                "source": "s",
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}],
+                "meta": {},
+            }
+            t_full = best(lambda rec=rec: unlimited(rec, set(), Counter()), args.repeat)
+            t_default = best(lambda rec=rec: default(rec, set(), Counter()), args.repeat)
+            t_split = best(lambda text=text: split_code(text), args.repeat)
+            row = (
+                f"| {pattern} | {size / (1 << 20):.3g} MB | {t_full:.3f} | {t_full / (size / (1 << 20)):.3f} "
+                f"| {t_default:.4f} | {t_split:.3f} |"
+            )
             if old:
                 if size <= args.baseline_max:
-                    t_old = best(lambda: old.split_code(text), 1)
+                    t_old = best(lambda text=text: old.split_code(text), 1)
                     row += f" {t_old:.3f} |"
                 else:
                     row += " – |"

@@ -120,7 +120,9 @@ def jsonl_row(name: str, lineno: int, line: bytes) -> tuple[dict, dict | Drop]:
     """One non-blank JSONL line as `(where, row)`."""
     if lineno == 1 and line.startswith(BOM):
         line = line[3:]
-    return {"file": name, "line": lineno}, _parse(line)
+    # Without its line ending: parallel parts hand lines over without it, and orjson's error
+    # positions (in rejected.jsonl) must not depend on which path read the line.
+    return {"file": name, "line": lineno}, _parse(line.rstrip(b"\r\n"))
 
 
 # Deeper than this, orjson cannot write a row back out (its encoder stops at 255 levels).

@@ -65,7 +65,9 @@ class SourceSpec(Section):
     on_bad_record: Literal["drop", "error"] = "drop"
     """A bad input record is dropped with its reason (`drop`) or stops the stage (`error`)."""
     on_truncated: Literal["drop", "error"] = "drop"
-    """A truncated JSON array: keep every complete record and drop the tail, or stop."""
+    """A truncated JSON array or damaged gzip: keep every complete record and drop the tail, or stop."""
+    on_empty: Literal["error", "warn"] = "error"
+    """Records in but none out (all dropped): stop the stage (`error`) or only warn (`warn`)."""
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceSpec:

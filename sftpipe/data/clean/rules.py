@@ -124,7 +124,7 @@ class CleanParams(Section):
             ("min_conversation_chars", "max_conversation_chars"),
         ):
             if getattr(self, hi) is not None and getattr(self, hi) < getattr(self, lo):
-                raise ValueError(f"{hi} must be at least {lo}")
+                raise ValueError(f"{hi}: must be at least {lo} ({getattr(self, lo)})")
         return self
 
 

@@ -201,7 +201,8 @@ def ingest(
             print(f"warning: source {name}: the input has no records", file=sys.stderr)
         elif tally.n_out == 0:
             reasons = ", ".join(f"{n} {r}" for r, n in tally.dropped.most_common(3))
-            msg = f"source {name}: 0 of {tally.n_in} records kept ({reasons}; see rejected.jsonl)"
+            where = spec.path or spec.url or spec.hub or f"{spec.package}:{spec.file}"
+            msg = f"source {name}: {where}: 0 of {tally.n_in} records kept ({reasons}; see rejected.jsonl)"
             if spec.on_empty == "error":
                 raise IngestError(f"{msg}; set sources.{name}.on_empty: warn to accept that")
             print(f"warning: {msg}", file=sys.stderr)

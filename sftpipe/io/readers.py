@@ -8,6 +8,7 @@ raw input could not become a row. Readers never stop at a bad row they can step 
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import itertools
@@ -330,6 +331,14 @@ def _whole_object(buf: bytes, elem: int) -> tuple[dict, int, int] | None:
     if first is None or buf[first.start()] != _OPEN[0]:
         return None
     start = first.start()
+    # Arrays of records mostly repeat their first key: a '}' followed by ',' and the next
+    # element's opening `{"<that key>"` is the likeliest end, so it is tried first.
+    key = _FIRST_KEY.match(buf, start)
+    if key and (likely := _next_like(key.group(1)).search(buf, key.end())):
+        try:
+            return orjson.loads(buf[start : likely.start() + 1]), likely.start() + 1, likely.start(1)
+        except orjson.JSONDecodeError:
+            pass
     ends: list[re.Match] = []
     found = _OBJECT_END.finditer(buf, start)
 
@@ -367,6 +376,15 @@ def _whole_object(buf: bytes, elem: int) -> tuple[dict, int, int] | None:
         else:
             lo = mid
     return None
+
+
+_FIRST_KEY = re.compile(rb'\{[ \t\r\n]*("[^"\\]{1,64}")[ \t\r\n]*:')
+
+
+@functools.lru_cache(maxsize=16)
+def _next_like(key: bytes) -> re.Pattern[bytes]:
+    """A '}' then ',' then an object whose first key is `key`; group 1 starts right after the ','."""
+    return re.compile(rb"\}[ \t\r\n]*,()[ \t\r\n]*\{[ \t\r\n]*" + re.escape(key) + rb"[ \t\r\n]*:")
 
 
 _QUOTE, _COMMA = ord('"'), ord(",")

@@ -8,7 +8,25 @@ import pytest
 
 from sftpipe.io import readers
 
-PIECES = ["}, {", "}]", '"', "\\", "[", "{", ",", " ", "\n", "é", "😀", "\\u00e9", "x", "}, ", "]"]
+PIECES = [
+    "}, {",
+    '}, {"k0": ',
+    '}, {"k0": 1}, ',
+    "}]",
+    '"',
+    "\\",
+    "[",
+    "{",
+    ",",
+    " ",
+    "\n",
+    "é",
+    "😀",
+    "\\u00e9",
+    "x",
+    "}, ",
+    "]",
+]
 
 
 def _row(rng: random.Random, depth: int = 0) -> dict:

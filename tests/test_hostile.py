@@ -161,3 +161,18 @@ def test_stage_prints_one_line_for_bad_params_and_input(tmp_path):
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert expected in r.stderr, r.stderr
         assert "hunter2" not in r.stderr and "f00dfeed" not in r.stderr
+
+
+def test_a_report_with_every_record_dropped_warns(tmp_path, capsys):
+    from sftpipe.core.accounting import Tally
+
+    tally = Tally()
+    for _ in range(3):
+        tally.seen()
+        tally.drop("invalid_json")
+    tally.write(tmp_path / "r.json")
+    assert "WARNING: " in capsys.readouterr().err
+    tally.seen()
+    tally.kept()
+    tally.write(tmp_path / "r.json")
+    assert capsys.readouterr().err == ""

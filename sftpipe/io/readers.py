@@ -2,7 +2,10 @@
 
 Each yields `(where, row)` pairs: `where` locates the row for error messages and rejected files
 (`{"file", "line"}` or `{"file", "index"}`), and `row` is a dict or a `Drop` describing why the
-raw input could not become a row. Readers never stop at a bad row they can step over.
+raw input could not become a row. Readers never stop at a bad row they can step over: a JSON
+array is streamed element by element (a bad element is one drop), a damaged gzip stream keeps
+what came before the damage, and whatever else a file does to a parser ends in one `ReadError`
+line naming the file and the line, record or byte reached.
 """
 
 from __future__ import annotations

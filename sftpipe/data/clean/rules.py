@@ -17,11 +17,11 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 import re2
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
@@ -91,13 +91,13 @@ class CleanParams(Section):
     """Consecutive turns of one role: join them with a blank line, or drop the conversation."""
     lengths: bool = True
     """Drop conversations with a turn or a total outside the limits below (characters)."""
-    min_turn_chars: int = 1
+    min_turn_chars: Annotated[int, Field(ge=0)] = 1
     """Shortest turn kept, in characters."""
-    max_turn_chars: int | None = 50_000
+    max_turn_chars: Annotated[int, Field(ge=1)] | None = 50_000
     """Longest turn kept, in characters; null for no limit."""
-    min_conversation_chars: int = 1
+    min_conversation_chars: Annotated[int, Field(ge=0)] = 1
     """Shortest conversation (all turns together) kept, in characters."""
-    max_conversation_chars: int | None = 200_000
+    max_conversation_chars: Annotated[int, Field(ge=1)] | None = 200_000
     """Longest conversation kept, in characters; null for no limit."""
     boilerplate: bool = True
     """Drop conversations with an assistant turn matching one of `boilerplate_patterns`."""

@@ -95,12 +95,12 @@ def _describe(err: dict) -> str:
     kind = err["type"]
     if kind == "value_error":
         # A validator's own message. One that starts with a field name ("max_turn_chars: must be
-        # ...") names that key; a whole section's values are never printed (noise, and secrets).
+        # ...") names that key. The value itself is never printed: a whole section is noise, and
+        # a value a validator refused may be a secret pasted in the wrong place.
         msg = err["msg"].removeprefix("Value error, ")
         if (key := _KEY.match(msg)) and isinstance(err.get("input"), dict) and key[1] in err["input"]:
             return f"{path}.{key[1]}: {msg[key.end() :]}" if path else f"{key[1]}: {msg[key.end() :]}"
-        got = err.get("input")
-        return f"{path}: {msg}" if isinstance(got, dict | list) else f"{path}: {msg} (got {got!r})"
+        return f"{path}: {msg}"  # the validator says what matters; the value may be a secret
     if kind in ("missing", "extra_forbidden"):
         return f"{path}: {_EXPECTED[kind]}"
     expected = _EXPECTED.get(kind) or err["msg"][0].lower() + err["msg"][1:]

@@ -6,6 +6,7 @@ record with its reason to the stage's `rejected` file, and writes the stage repo
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +80,9 @@ class Tally:
         self.check()
         report = {**self.as_dict(), **extra}
         write_json(path, report)
+        if self.n_out == 0 and self.n_in + self.expanded > 0:  # never silent: every record dropped
+            top = ", ".join(f"{n} {r}" for r, n in self.dropped.most_common(3))
+            print(f"WARNING: {path}: all {self.n_in} records were dropped ({top})", file=sys.stderr)
         return report
 
     def merge(self, other: Tally) -> None:

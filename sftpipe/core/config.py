@@ -47,10 +47,35 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_Loader)
+def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are unique: YAML itself would silently keep the last of two."""
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ParamsError(f"{mark.name}: line {mark.line + 1}: duplicate key {key!r}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
 
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """YAML 1.2 numbers, duplicate keys refused; a syntax error is one line with its position."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return yaml.load(fh, Loader=_Loader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            raise ParamsError(f"{path}: {where}invalid YAML: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): ")
 
 _EXPECTED = {
     "string_type": "expected a string",
@@ -68,6 +93,14 @@ _EXPECTED = {
 def _describe(err: dict) -> str:
     path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
     kind = err["type"]
+    if kind == "value_error":
+        # A validator's own message. One that starts with a field name ("max_turn_chars: must be
+        # ...") names that key. The value itself is never printed: a whole section is noise, and
+        # a value a validator refused may be a secret pasted in the wrong place.
+        msg = err["msg"].removeprefix("Value error, ")
+        if (key := _KEY.match(msg)) and isinstance(err.get("input"), dict) and key[1] in err["input"]:
+            return f"{path}.{key[1]}: {msg[key.end() :]}" if path else f"{key[1]}: {msg[key.end() :]}"
+        return f"{path}: {msg}"  # the validator says what matters; the value may be a secret
     if kind in ("missing", "extra_forbidden"):
         return f"{path}: {_EXPECTED[kind]}"
     expected = _EXPECTED.get(kind) or err["msg"][0].lower() + err["msg"][1:]

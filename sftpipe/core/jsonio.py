@@ -8,6 +8,7 @@ renamed into place at the end, so a killed stage leaves no half-written output b
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -85,21 +86,91 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# Temporary folders live under <DVC project root>/SCRATCH, never beside an output: DVC hashes a
+# stage's dependency folders whole, so a half-written temp folder left there by a killed stage
+# changed the md5 of the next stage's input (and re-ran it for nothing once deleted).
+SCRATCH = Path(".cache") / "tmp"
+_swept: set[Path] = set()
+
+
+def _project_root(path: Path) -> Path | None:
+    for folder in (path, *path.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _sweep(root: Path) -> None:
+    """Remove what killed processes left in `root`: each entry is named `<pid>.<...>`."""
+    if root in _swept:
+        return
+    _swept.add(root)
+    for entry in root.iterdir() if root.is_dir() else ():
+        pid = entry.name.split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(entry)
+
+
+def scratch_root(near: str | Path) -> Path:
+    """Where temporary folders for work on `near` go: the project's SCRATCH folder when `near` is
+    inside a DVC project and on the same filesystem (outputs are renamed into place from there),
+    else `near`'s own folder (no DVC hashes it)."""
+    near = Path(near).absolute()
+    near.mkdir(parents=True, exist_ok=True)
+    root = _project_root(near)
+    if root is None:
+        return near
+    scratch = root / SCRATCH
+    scratch.mkdir(parents=True, exist_ok=True)
+    if os.stat(scratch).st_dev != os.stat(near).st_dev:
+        return near
+    _sweep(scratch)
+    return scratch
+
+
+def scratch_dir(near: str | Path, label: str) -> Path:
+    """A new, empty temporary folder for work on `near` (see `scratch_root`); the caller removes
+    it, and the next run removes it if this process is killed first."""
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.{label}.", dir=scratch_root(near)))
+
+
+@contextlib.contextmanager
+def scratch(near: str | Path, label: str) -> Iterator[Path]:
+    """`scratch_dir` as a context manager: removed on exit."""
+    tmp = scratch_dir(near, label)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+    """Yield a temporary path (in the project's scratch folder); on success it replaces `path`,
+    on error it is removed.
 
     Works for files and directories alike: the caller decides what to create at the yielded path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp / path.name
-    try:
+    # Older versions wrote `.<name>.*.tmp` beside the output; a killed run's one is junk now (DVC
+    # locks a stage, so no live run of it writes there).
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        _remove(old)
+    with scratch(path.parent, path.name) as tmp:
+        target = tmp / path.name
         yield target
         if not target.exists():
             raise FileNotFoundError(f"nothing was written to {path}")
         _remove(path)
         os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

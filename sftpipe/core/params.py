@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import create_model
+from pydantic import Field, create_model
 
 from sftpipe.core.config import ParamsError, Section, load_yaml, validate
 
@@ -29,8 +29,9 @@ KEYS = (
 class Common(Section):
     seed: int = 42
     """Seed for every random choice (split, mix, sampling, training)."""
-    workers: int = 0
-    """Processes for CPU-heavy steps; 0 means every available core."""
+    workers: Annotated[int, Field(ge=0)] = 0
+    """Processes for CPU-heavy steps; 0 means every available core (outputs are the same for any
+    number)."""
     engine: Literal["local", "ray"] = "local"
     """Where ingest, clean, dedup and format run: `local` worker processes, or `ray` (Ray Data on
     a local Ray instance, or the cluster at RAY_ADDRESS). Outputs are byte-identical either way."""

@@ -76,7 +76,8 @@ class _Ingest:
     def __init__(self, name: str, spec: SourceSpec, out: JsonlWriter, tally: Tally):
         self.name, self.spec, self.out, self.tally = name, spec, out, tally
         self.format: str | None = spec.format
-        self.ids: dict[str, int] = {}
+        self.ids: dict[str, int] = {}  # id -> the last suffix given to a repeat of it
+        self.taken: set[str] = set()
         self._convert: _Convert | None = None
 
     def bad(self, where: dict, drop: Drop, row=None) -> None:
@@ -87,9 +88,16 @@ class _Ingest:
     def unique_id(self, rec_id: str) -> str:
         # Repeated ids (exact copies hashed alike, or a source's own repeats) stay distinct and
         # stable by input order; the dedup stage decides which copy survives.
-        n = self.ids.get(rec_id, 0) + 1
+        # A suffixed id may itself be a source's id (x, x~2, x): skip suffixes already taken.
+        if rec_id not in self.taken:
+            self.taken.add(rec_id)
+            return rec_id
+        n = self.ids.get(rec_id, 1) + 1
+        while f"{rec_id}~{n}" in self.taken:
+            n += 1
         self.ids[rec_id] = n
-        return rec_id if n == 1 else f"{rec_id}~{n}"
+        self.taken.add(f"{rec_id}~{n}")
+        return f"{rec_id}~{n}"
 
     def row(self, where: dict, row: dict | Drop) -> None:
         """Detect the schema on the first good row, then convert and apply."""
@@ -191,6 +199,13 @@ def ingest(
             if spec.on_bad_record == "error":
                 raise IngestError(f"source {name}: the input has no records (empty file?)")
             print(f"warning: source {name}: the input has no records", file=sys.stderr)
+        elif tally.n_out == 0:
+            reasons = ", ".join(f"{n} {r}" for r, n in tally.dropped.most_common(3))
+            where = spec.path or spec.url or spec.hub or f"{spec.package}:{spec.file}"
+            msg = f"source {name}: {where}: 0 of {tally.n_in} records kept ({reasons}; see rejected.jsonl)"
+            if spec.on_empty == "error":
+                raise IngestError(f"{msg}; set sources.{name}.on_empty: warn to accept that")
+            print(f"warning: {msg}", file=sys.stderr)
         tally.format = job.format  # type: ignore[attr-defined]
         tally.check()
     return tally

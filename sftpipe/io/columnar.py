@@ -12,7 +12,6 @@ and appended. Buckets hold whole row groups, so the file is what one `pq.write_t
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sftpipe.core.hashing import hex_digest
+from sftpipe.core.jsonio import scratch
 
 ROW_GROUP = 16384  # rows per Parquet row group of the split/mix outputs
 BUCKET_BYTES = 1 << 30  # uncompressed bytes of rows held in memory at a time
@@ -92,7 +92,7 @@ def write_many(
     row_bytes = max(1.0, _row_bytes(pf))
     budget: float = BUCKET_BYTES  # less the (fractional) bytes of each output kept in memory
     first = Path(next(iter(outputs)))
-    with tempfile.TemporaryDirectory(prefix=".rows-", dir=first.parent) as tmp:
+    with scratch(first.parent, "rows") as tmp:
         plans = []
         for k, (dest, (rows, extra)) in enumerate(outputs.items()):
             rows = np.asarray(rows, dtype=np.int64)

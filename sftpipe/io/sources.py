@@ -65,7 +65,9 @@ class SourceSpec(Section):
     on_bad_record: Literal["drop", "error"] = "drop"
     """A bad input record is dropped with its reason (`drop`) or stops the stage (`error`)."""
     on_truncated: Literal["drop", "error"] = "drop"
-    """A truncated JSON array: keep every complete record and drop the tail, or stop."""
+    """A truncated JSON array or damaged gzip: keep every complete record and drop the tail, or stop."""
+    on_empty: Literal["error", "warn"] = "error"
+    """Records in but none out (all dropped): stop the stage (`error`) or only warn (`warn`)."""
 
     @model_validator(mode="after")
     def _one_location(self) -> SourceSpec:
@@ -76,11 +78,40 @@ class SourceSpec(Section):
             raise ValueError("'package' and 'file' go together")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError("max_samples must be at least 1")
+        if self.url is not None and (why := credentials_in(self.url)):
+            # Said without the URL: params.yaml reaches git, dvc.lock, reports and MLflow.
+            raise ValueError(
+                f"url: holds {why}; give credentials through the environment (AWS_*, HF_TOKEN, "
+                "fsspec's config) or a private store, never in params.yaml"
+            )
         return self
 
     @property
     def langs(self) -> set[str] | None:
         return {self.lang} if isinstance(self.lang, str) else set(self.lang) if self.lang else None
+
+
+# Query parameters that make a URL a credential by itself (presigned S3, GCS, Azure SAS, tokens).
+_SIGNED = re.compile(
+    r"(?:^|&)(?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|signature|sig|"
+    r"token|access_token|api_key|apikey|key)=",
+    re.I,
+)
+
+
+def credentials_in(url: str) -> str | None:
+    """What secret `url` carries (a password, a presigned signature or token), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.password:
+        return "a password"
+    if parts.query and _SIGNED.search(parts.query):
+        return "a signature or token in its query string (a presigned URL)"
+    return None
 
 
 def _names(sources: dict) -> dict:

@@ -34,9 +34,9 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
@@ -60,11 +60,11 @@ METADATA = "metadata.json"  # export's, beside the DatasetDict: the template the
 
 
 class LoraParams(Section):
-    r: int = 16
+    r: Annotated[int, Field(ge=1)] = 16
     """LoRA rank."""
     alpha: int = 32
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.05
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     """Dropout on the LoRA input."""
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     """Module names that get adapters (or ["all-linear"])."""
@@ -81,41 +81,41 @@ class TrainParams(Section):
     registered_model: str | None = None
     """Log models/sft as an MLflow transformers model (with the base weights, so it serves alone)
     and register it under this name; null = only the adapter files as artifacts."""
-    epochs: float = 1.0
+    epochs: Annotated[float, Field(gt=0)] = 1.0
     """Passes over the training rows (when max_steps is -1)."""
-    max_steps: int = 6
+    max_steps: Annotated[int, Field(ge=-1)] = 6
     """Optimizer steps; -1 = run `epochs` instead."""
-    learning_rate: float = 2e-4
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
     """Peak learning rate of AdamW."""
     lr_scheduler: Scheduler = "cosine"
     """Learning-rate schedule after warm-up."""
-    warmup: float = 0.1
+    warmup: Annotated[float, Field(ge=0)] = 0.1
     """Warm-up: a share of the steps when below 1, else a number of steps."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
     """Gradient clipping norm."""
-    batch_size: int = 4
+    batch_size: Annotated[int, Field(ge=1)] = 4
     """Rows per device per step (with packing and batch_tokens null: rows concatenated into one)."""
-    batch_tokens: int | None = 1024
+    batch_tokens: Annotated[int, Field(ge=1)] | None = 1024
     """With packing: tokens per device per step, whole rows packed up to it (a longer row goes alone); null = batch_size rows."""
-    grad_accum: int = 1
+    grad_accum: Annotated[int, Field(ge=1)] = 1
     """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
-    eval_batch_size: int = 2
+    eval_batch_size: Annotated[int, Field(ge=1)] = 2
     """Rows per device per evaluation step (with packing: concatenated into one)."""
-    logging_steps: int = 1
+    logging_steps: Annotated[int, Field(ge=1)] = 1
     """Log the training loss every this many steps (the loss curve's resolution)."""
-    eval_steps: int = 0
+    eval_steps: Annotated[int, Field(ge=0)] = 0
     """Evaluate on val every this many steps; 0 = only at the end."""
-    save_steps: int = 10
+    save_steps: Annotated[int, Field(ge=1)] = 10
     """Checkpoint every this many steps."""
-    save_total_limit: int = 2
+    save_total_limit: Annotated[int, Field(ge=1)] = 2
     """Checkpoints kept."""
-    max_train_samples: int | None = 80
+    max_train_samples: Annotated[int, Field(ge=1)] | None = 80
     """Train on at most this many rows (a seeded random subset); null = all."""
-    max_eval_samples: int | None = 4
+    max_eval_samples: Annotated[int, Field(ge=1)] | None = 4
     """Evaluate on at most this many val rows (the first by id hash); null = all."""
-    max_length: int | None = None
+    max_length: Annotated[int, Field(ge=1)] | None = None
     """Use only rows of at most this many tokens (longer ones are counted as too_long, never cut); null = every row (up to format.max_length)."""
     packing: bool = True
     """Padding-free batches: rows concatenated, attention kept within each row."""

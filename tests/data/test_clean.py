@@ -373,7 +373,7 @@ def test_input_files_sorted_and_checked(tmp_path):
 def test_params_errors_name_the_key():
     with pytest.raises(ParamsError, match=r"clean\.boilerplate_patterns: .*not a valid regex"):
         validate(CleanParams, {"boilerplate_patterns": ["(unclosed"]}, "clean")
-    with pytest.raises(ParamsError, match=r"max_turn_chars must be at least min_turn_chars"):
+    with pytest.raises(ParamsError, match=r"clean\.max_turn_chars: must be at least min_turn_chars"):
         validate(CleanParams, {"min_turn_chars": 10, "max_turn_chars": 5}, "clean")
     with pytest.raises(ParamsError, match=r"clean\.pii\.kinds\.0"):
         validate(CleanParams, {"pii": {"kinds": ["ssn"]}}, "clean")

@@ -59,7 +59,9 @@ def test_on_bad_record_error_names_file_line_and_problem(tmp_path):
 
 def test_unknown_schema_and_empty_file(tmp_path):
     f = write_lines(tmp_path / "a.jsonl", ['{"foo": 1}'])
-    tally, records, rejected = run(tmp_path, path=str(f))
+    with pytest.raises(IngestError, match=r"a\.jsonl: 0 of 1 records kept \(1 unknown_schema"):
+        run(tmp_path, path=str(f))  # on_empty: error, the default
+    tally, records, rejected = run(tmp_path, path=str(f), on_empty="warn")
     assert dict(tally.dropped) == {"unknown_schema": 1} and records == []
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")

@@ -17,11 +17,11 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 import re2
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
@@ -32,6 +32,9 @@ from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.core.records import Drop
 from sftpipe.data.clean.pii import KINDS, Redactor
 from sftpipe.data.clean.textnorm import normalize, prose
+
+# `lengths` also runs on the raw turns, right after `status`, at this many times its limits.
+RAW_SLACK = 4
 
 RULES = ("status", "text", "empties", "roles", "lengths", "boilerplate", "lang", "pii")
 
@@ -88,13 +91,13 @@ class CleanParams(Section):
     """Consecutive turns of one role: join them with a blank line, or drop the conversation."""
     lengths: bool = True
     """Drop conversations with a turn or a total outside the limits below (characters)."""
-    min_turn_chars: int = 1
+    min_turn_chars: Annotated[int, Field(ge=0)] = 1
     """Shortest turn kept, in characters."""
-    max_turn_chars: int | None = 50_000
+    max_turn_chars: Annotated[int, Field(ge=1)] | None = 50_000
     """Longest turn kept, in characters; null for no limit."""
-    min_conversation_chars: int = 1
+    min_conversation_chars: Annotated[int, Field(ge=0)] = 1
     """Shortest conversation (all turns together) kept, in characters."""
-    max_conversation_chars: int | None = 200_000
+    max_conversation_chars: Annotated[int, Field(ge=1)] | None = 200_000
     """Longest conversation kept, in characters; null for no limit."""
     boilerplate: bool = True
     """Drop conversations with an assistant turn matching one of `boilerplate_patterns`."""
@@ -121,7 +124,7 @@ class CleanParams(Section):
             ("min_conversation_chars", "max_conversation_chars"),
         ):
             if getattr(self, hi) is not None and getattr(self, hi) < getattr(self, lo):
-                raise ValueError(f"{hi} must be at least {lo}")
+                raise ValueError(f"{hi}: must be at least {lo} ({getattr(self, lo)})")
         return self
 
 
@@ -137,6 +140,8 @@ class Cleaner:
         on = {name: getattr(params, name) for name in RULES[:6]}
         on["lang"], on["pii"] = params.lang.enabled, params.pii.enabled
         self.rules = [getattr(self, f"_{name}") for name in RULES if on[name]]
+        if on["lengths"]:  # the cheap bound first: a 50 MB turn never reaches the text rules
+            self.rules.insert(1 if on["status"] else 0, self._lengths_raw)
         self._boiler = _any_of(params.boilerplate_patterns)
         self._redact = Redactor(params.pii.kinds) if params.pii.enabled else None
         self._detector = _detector_factory() if params.lang.enabled else None
@@ -240,6 +245,23 @@ class Cleaner:
         if total < p.min_conversation_chars:
             raise Drop("lengths.conversation_short", f"{total} < {p.min_conversation_chars} chars")
         if p.max_conversation_chars is not None and total > p.max_conversation_chars:
+            raise Drop("lengths.conversation_long", f"{total} > {p.max_conversation_chars} chars")
+        return msgs
+
+    def _lengths_raw(self, msgs, meta, changes, replaced):
+        """`lengths` on the raw turns, with limits `RAW_SLACK` times wider: normalization grows a
+        turn at most 3x (NFC) and shrinks it only by what it strips, so this drops, before any
+        costly rule runs, only what is hopelessly over the limit, with the same reason."""
+        p = self.p
+        turn_cap = p.max_turn_chars * RAW_SLACK if p.max_turn_chars is not None else None
+        conv_cap = p.max_conversation_chars * RAW_SLACK if p.max_conversation_chars is not None else None
+        total = 0
+        for i, m in enumerate(msgs):
+            n = len(m["content"])
+            total += n
+            if turn_cap is not None and n > turn_cap:
+                raise Drop("lengths.turn_long", f"turn {i} ({m['role']}): {n} > {p.max_turn_chars} chars")
+        if conv_cap is not None and total > conv_cap:
             raise Drop("lengths.conversation_long", f"{total} > {p.max_conversation_chars} chars")
         return msgs
 

@@ -27,13 +27,12 @@ past that, exact groups and connected components would have to be distributed to
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from sftpipe.core.engine import Engine
-from sftpipe.core.jsonio import write_jsonl
+from sftpipe.core.jsonio import scratch, write_jsonl
 from sftpipe.core.unionfind import UnionFind
 from sftpipe.data.dedup.clusters import join_exact, ranks, replay, roots
 from sftpipe.data.dedup.decontam import EvalIndex
@@ -75,7 +74,7 @@ def dedup(
         else None
     )
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dedup-tokens-", dir=Path(out_dir).parent) as tmp:
+    with scratch(Path(out_dir).parent, "dedup-tokens") as tmp:
         # absolute: a Ray worker, here or on another node, has another working directory
         scan = Scan(path, params, seed, index, Path(tmp).absolute(), engine, workers)
         uf, exact_root, stats = _exact_and_near(scan, params, engine, workers)

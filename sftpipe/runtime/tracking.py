@@ -442,6 +442,7 @@ def _log_model(mlflow: Any, run_id: str, run: StageRun) -> None:
 
     spec = run.model or {}
     sft: Path = spec["sft"]
+    model: Any
     if (sft / "adapter_config.json").is_file():
         from peft import PeftModel
 

@@ -161,3 +161,18 @@ def test_real_tool_and_reasoning_data_through_format(corpora, smol_dir, tmp_path
                 assert f'"name": "{c["function"]["name"]}"' in trained_text
             if m["role"] == "tool" and len(m["content"]) > 20:
                 assert m["content"] not in trained_text
+
+
+@pytest.mark.parametrize("template", ["chatml", "alpaca", "chat"])
+def test_saved_jinja_renders_what_was_trained(smol_dir, template):
+    """The chat template a trained model carries renders reasoning and tool calls as format did."""
+    from sftpipe.data.format.templates import chat_template
+
+    tok = AutoTokenizer.from_pretrained(smol_dir)
+    jinja = chat_template(template, tok)
+    reasoned = [CONV[1], {"role": "assistant", "content": "5", "reasoning": "Add."}]
+    cases = [(reasoned, None)] + ([(CONV, TOOLS), (CONV[1:], TOOLS)] if template == "chatml" else [])
+    for conv, tools in cases:
+        want = Renderer(template, tok)(conv, {}, tools).text
+        got = tok.apply_chat_template(conv, tools=tools, chat_template=jinja, tokenize=False)
+        assert got == want

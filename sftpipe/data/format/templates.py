@@ -533,7 +533,9 @@ def _jinja_alpaca(bos: str, eos: str) -> str:
         "{{- '\\n\\n### Instruction:\\n' + m['content'][:(m['content'] | length) - (ctx | length) - 2]"
         " + '\\n\\n### Input:\\n' + ctx -}}"
         "{%- elif m['role'] == 'user' -%}{{- '\\n\\n### Instruction:\\n' + m['content'] -}}"
-        f"{{%- elif m['role'] == 'assistant' -%}}{{{{- '\\n\\n### Response:\\n' + m['content'] + {_lit(eos)} -}}}}"
+        "{%- elif m['role'] == 'assistant' -%}{{- '\\n\\n### Response:\\n' -}}"
+        + _JINJA_THINK
+        + f"{{{{- m['content'] + {_lit(eos)} -}}}}"
         f"{{%- else -%}}{_JINJA_ROLE_ERROR}{{%- endif -%}}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '\\n\\n### Response:\\n' -}}{%- endif -%}"
@@ -547,18 +549,44 @@ def _jinja_chat(bos: str, eos: str) -> str:
         "{%- for m in rest -%}"
         "{%- if not loop.first -%}{{- '\\n\\n' -}}{%- endif -%}"
         "{%- if m['role'] == 'user' -%}{{- 'Human: ' + m['content'] -}}"
-        f"{{%- elif m['role'] == 'assistant' -%}}{{{{- 'Assistant: ' + m['content'] + {_lit(eos)} -}}}}"
+        "{%- elif m['role'] == 'assistant' -%}{{- 'Assistant: ' -}}"
+        + _JINJA_THINK
+        + f"{{{{- m['content'] + {_lit(eos)} -}}}}"
         f"{{%- else -%}}{_JINJA_ROLE_ERROR}{{%- endif -%}}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- ('\\n\\n' if rest else '') + 'Assistant:' -}}{%- endif -%}"
     )
 
 
+# An assistant turn's reasoning as a think block (before the content) and its calls (after it), as
+# `Renderer._reply` renders them; `m.reasoning` is the canonical key (transformers also passes it on).
+_JINJA_THINK = (
+    "{%- if m['role'] == 'assistant' and m.reasoning -%}"
+    "{{- '<think>\\n' + m.reasoning + '\\n</think>\\n\\n' -}}{%- endif -%}"
+)
+_JINJA_CALLS = (
+    "{%- if m['role'] == 'assistant' and m.tool_calls -%}{%- for c in m.tool_calls -%}"
+    "{{- ('\\n' if m['content'] or not loop.first else '') + '<tool_call>\\n'"
+    " + ({'name': c.function.name, 'arguments': c.function.arguments} | tojson) + '\\n</tool_call>' -}}"
+    "{%- endfor -%}{%- endif -%}"
+)
+
+
 def _jinja_chatml(bos: str, eos: str) -> str:
     return (
         f"{{{{- {_lit(bos)} -}}}}"
+        "{%- set ns = namespace(tools='') -%}"
+        f"{{%- if tools -%}}{{%- set ns.tools = {_lit(TOOLS_PROMPT)} -%}}"
+        "{%- for t in tools -%}{%- set ns.tools = ns.tools + '\\n' + (t | tojson) -%}{%- endfor -%}"
+        f"{{%- set ns.tools = ns.tools + {_lit(TOOLS_PROMPT_END)} -%}}"
+        "{%- if messages[0]['role'] != 'system' -%}"
+        f"{{{{- {_lit(IM_START + 'system' + chr(10))} + ns.tools + {_lit(IM_END + chr(10))} -}}}}"
+        "{%- endif -%}{%- endif -%}"
         "{%- for m in messages -%}"
-        f"{{{{- {_lit(IM_START)} + m['role'] + '\\n' + m['content'] + {_lit(IM_END)} + '\\n' -}}}}"
+        f"{{{{- {_lit(IM_START)} + m['role'] + '\\n' -}}}}"
+        "{%- if loop.first and m['role'] == 'system' and ns.tools -%}{{- m['content'] + '\\n\\n' + ns.tools -}}"
+        "{%- else -%}" + _JINJA_THINK + "{{- m['content'] -}}" + _JINJA_CALLS + "{%- endif -%}"
+        f"{{{{- {_lit(IM_END)} + '\\n' -}}}}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{- {_lit(IM_START + 'assistant' + chr(10))} -}}}}{{%- endif -%}}"
     )

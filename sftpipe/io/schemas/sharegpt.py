@@ -55,12 +55,21 @@ def convert(row: dict) -> list[Converted]:
 
 
 def _with_calls(conv: list, msgs: list[Message]) -> list[Message]:
-    """`function_call` turns as assistant tool calls, and their observations linked to them."""
+    """`function_call` turns as assistant tool calls, and their observations linked to them. A call
+    right after an assistant's text joins that turn (how sftpipe's export writes a turn that both
+    says something and calls)."""
+    out: list[Message] = []
     for i, turn in enumerate(conv):
-        if turn["from"] == "function_call":
-            value = calls.parse_json(msgs[i]["content"], f"turn {i} function_call")
-            found = value if isinstance(value, list) else [value]
-            msgs[i] = {"role": "assistant", "content": "", "tool_calls": [
-                calls.tool_call(c, i, k) for k, c in enumerate(found)
-            ]}  # fmt: skip
-    return calls.link_results(msgs)
+        if turn["from"] != "function_call":
+            out.append(msgs[i])
+            continue
+        value = calls.parse_json(msgs[i]["content"], f"turn {i} function_call")
+        found = [
+            calls.tool_call(c, i, k) for k, c in enumerate(value if isinstance(value, list) else [value])
+        ]
+        last = out[-1] if out else None
+        if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
+            last["tool_calls"] = found
+        else:
+            out.append({"role": "assistant", "content": "", "tool_calls": found})
+    return calls.link_results(out)

@@ -132,7 +132,14 @@ SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool"
 
 def _alpaca(messages: list[dict], meta: dict) -> dict:
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    turns: list[dict] = []
+    for m in messages:  # tool calls and results have no alpaca field: an exchange's last answer stands
+        if m["role"] == "user" or (
+            m["role"] == "assistant" and not (turns and turns[-1]["role"] == "assistant")
+        ):
+            turns.append(m)
+        elif m["role"] == "assistant":
+            turns[-1] = m
     pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
     if not pairs:  # a text record: no instruction, the whole text is the output
         return {

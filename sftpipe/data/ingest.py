@@ -227,7 +227,8 @@ def ingest(
             job = _Ingest(name, spec, out, tally, scratch=tmp)
             progress = tqdm(desc=f"ingest {name}", unit=" rec", mininterval=1, disable=None)
             for outcome in _outcomes(name, spec, job, engine, workers):
-                if spec.max_samples is not None and tally.n_in >= spec.max_samples:
+                gathered = job.trees.n if job.trees else 0  # OASST flat rows read, accounted at the end
+                if spec.max_samples is not None and tally.n_in + gathered >= spec.max_samples:
                     break
                 job.apply(outcome)
                 progress.update()

@@ -53,3 +53,19 @@ def test_messages_and_sharegpt_round_trip(corpora, tmp_path, request, corpus):
                 assert got["messages"] == want["messages"]
             else:
                 assert _ids(got["messages"]) == _ids(want["messages"])
+
+
+def test_alpaca_keeps_the_answer_after_tool_calls():
+    from sftpipe.data.export import _alpaca
+
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "r", "tool_call_id": "c"}, {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]  # fmt: skip
+    assert _alpaca(msgs, {}) == {
+        "instruction": "q2",
+        "input": "",
+        "output": "a2",
+        "system": "",
+        "history": [["q", "a"]],
+    }

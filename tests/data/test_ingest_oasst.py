@@ -21,9 +21,12 @@ def _write(path, rows):
     return path
 
 
-@pytest.mark.parametrize(("mode", "n_out"), [("best", 100), ("all", 564)])
-def test_flat_rows_equal_the_trees(corpora, tmp_path, mode, n_out):
-    flat = ingest("o", SourceSpec(path=str(corpora / "oasst1_en_100_flat.jsonl"), mode=mode), tmp_path / "f")
+@pytest.mark.parametrize(
+    ("mode", "n_out", "fmt"), [("best", 100, None), ("all", 564, None), ("best", 100, "oasst")]
+)
+def test_flat_rows_equal_the_trees(corpora, tmp_path, mode, n_out, fmt):
+    spec = SourceSpec(path=str(corpora / "oasst1_en_100_flat.jsonl"), mode=mode, format=fmt)
+    flat = ingest("o", spec, tmp_path / "f")
     tree = ingest("o", SourceSpec(path=str(corpora / "oasst1_en_100_tree.jsonl"), mode=mode), tmp_path / "t")
     assert (flat.format, flat.n_in, flat.n_out) == ("oasst", 1167, n_out)
     assert sum(flat.dropped.values()) == 1167 - n_out and set(flat.dropped) <= {

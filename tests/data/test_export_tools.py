@@ -69,3 +69,16 @@ def test_alpaca_keeps_the_answer_after_tool_calls():
         "system": "",
         "history": [["q", "a"]],
     }
+
+
+def test_parquet_rows_round_trip_through_ingest(corpora, tmp_path, request):
+    ingest("s", SourceSpec(path=str(corpora / "reason_tool_use_demo_50.jsonl")), tmp_path / "in")
+    records = {r["id"]: r for r in read_jsonl(tmp_path / "in" / "records.jsonl")}
+    tok = AutoTokenizer.from_pretrained(smollm2_dir(request.config))
+    format_records(records.values(), tok, FormatParams(template="chatml", max_length=8192), tmp_path / "fmt")
+    tally = ingest("s", SourceSpec(path=str(tmp_path / "fmt" / "data.parquet")), tmp_path / "back")
+    assert (tally.format, tally.n_out, dict(tally.dropped)) == ("canonical", 50, {})
+    for got in read_jsonl(tmp_path / "back" / "records.jsonl"):
+        want = records[got["id"]]
+        assert (got["messages"], got.get("tools")) == (want["messages"], want.get("tools"))
+        assert "tools" not in got["meta"]

@@ -365,8 +365,10 @@ class Renderer:
     def _by_generation(self, messages: list[dict], tools) -> Rendered | None:
         """The spans of the template's `{% generation %}` blocks (one per assistant turn), or None
         when the blocks do not match the assistant turns one to one."""
-        from transformers.utils.chat_template_utils import render_jinja_template
-
+        try:  # where transformers keeps it since 4.52; gone: locate turns by markers instead
+            from transformers.utils.chat_template_utils import render_jinja_template
+        except ImportError:
+            return None
         try:
             got: Any = render_jinja_template(
                 [messages], tools=tools, chat_template=self.tok.get_chat_template(),

@@ -176,3 +176,17 @@ def test_saved_jinja_renders_what_was_trained(smol_dir, template):
         want = Renderer(template, tok)(conv, {}, tools).text
         got = tok.apply_chat_template(conv, tools=tools, chat_template=jinja, tokenize=False)
         assert got == want
+
+
+def test_a_call_turn_closed_by_another_token_is_refused_not_overtrained(smol_dir):
+    """A template that closes call turns with a token other than its plain end-of-turn (Llama 3.1's
+    <|eom_id|> style): the next plain end-of-turn comes after the tool result, which must not be
+    trained, so the record is dropped."""
+    template = NO_BLOCKS.replace(
+        "{{- '<|im_end|>' -}}{{- '\\n' -}}",
+        "{{- ('<|endoftext|>' if m.tool_calls else '<|im_end|>') -}}{{- '\\n' -}}",
+    )
+    assert template != NO_BLOCKS
+    tok = _tok(smol_dir, template)
+    with pytest.raises(Drop, match="template_error: turn 2: cannot find where the tool-call turn ends"):
+        Renderer("tokenizer", tok)(CONV, {}, TOOLS)

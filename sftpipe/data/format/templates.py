@@ -198,7 +198,7 @@ class Renderer:
             self._generation = bool(_GENERATION.search(source))
             self._reads_reasoning = any(k in source for k in _REASONING)
             self._reads_tools = "tools" in source or "tool_calls" in source
-            self._eot = self._plain_end_of_turn()
+            self._opener, self._eot = self._plain_turn_tokens()
 
     def __call__(
         self, messages: list[dict], meta: dict | None = None, tools: list[dict] | None = None
@@ -221,17 +221,21 @@ class Renderer:
             return self._render(messages, meta, tools)
         return self._render(messages, meta)
 
-    def _plain_end_of_turn(self) -> str | None:
-        """The special token that closes a plain assistant turn in the tokenizer's template."""
+    def _plain_turn_tokens(self) -> tuple[str | None, str | None]:
+        """The last special token before a plain assistant turn's content (a sign that a turn
+        opens: `<|im_start|>`, Llama 3's `<|end_header_id|>`) and the one that closes it."""
         try:
             text = self._apply(
                 [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], False
             )
         except Drop:
-            return None
+            return None, None
         at = text.rfind("Hello")
-        hit = self._special.search(text, at + 5) if at >= 0 else None
-        return hit.group(0) if hit else None
+        if at < 0:
+            return None, None
+        before = [hit.group(0) for hit in self._special.finditer(text, 0, at)]
+        after = self._special.search(text, at + len("Hello"))
+        return (before[-1] if before else None), (after.group(0) if after else None)
 
     def _reply(self, b: _Builder, m: dict, lead: str, end: str) -> None:
         """An assistant turn's trained part: `lead`, its reasoning as a think block, its content,
@@ -317,13 +321,8 @@ class Renderer:
         spans, lo = [], 0
         for i, (start, end) in zip(turns, contents, strict=True):
             m = shown[i]
-            if m.get(
-                "tool_calls"
-            ):  # the calls come after the content: the turn ends at its end-of-turn token
-                at = text.find(self._eot, end) if self._eot else -1
-                if at < 0:
-                    raise Drop("template_error", f"turn {i}: no end-of-turn token after the tool calls")
-                stop = at + len(self._eot or "")
+            if m.get("tool_calls"):
+                stop = self._end_of_calls(shown, i, text, end)
             else:
                 eot = self._special.search(text, end)
                 if eot is None or text[end : eot.start()].strip():
@@ -335,6 +334,19 @@ class Renderer:
             spans.append((self._reasoning_start(m, text, lo, start, skip.get(i, 0)), stop))
             lo = stop
         return Rendered(text, tuple(spans))
+
+    def _end_of_calls(self, messages: list[dict], i: int, text: str, end: int) -> int:
+        """Where a turn that calls functions ends: the end-of-turn token after its last call's name
+        (the calls come after the content). No turn may open before it (the template closes call
+        turns some other way, and the span would train a tool result): a `template_error` then."""
+        at = end
+        for call in messages[i]["tool_calls"]:
+            hit = text.find(call["function"]["name"], at)
+            at = hit + len(call["function"]["name"]) if hit >= 0 else at
+        eot = text.find(self._eot, at) if self._eot else -1
+        if eot < 0 or (self._opener and text.find(self._opener, at, eot) >= 0):
+            raise Drop("template_error", f"turn {i}: cannot find where the tool-call turn ends")
+        return eot + len(self._eot or "")
 
     def _shown(self, messages: list[dict]) -> tuple[list[dict], dict[int, int]]:
         """The messages as the chat template gets them: reasoning as a think block in the content

@@ -100,6 +100,19 @@ def render(name: str, sources: dict, metrics: dict, fmt: dict, languages: list[s
         lines.append(
             f"| {split} | {v['total']:,} | {by} | {t.get('mean', 0)} / {t.get('p90', 0)} / {t.get('max', 0)} |"
         )
+    if metrics.get("tool_use"):
+        lines += [
+            "",
+            "## Tool calling and reasoning",
+            "",
+            "| split | assistant turns with tool calls | calls | examples with tools | tools per such example | examples with reasoning |",
+            "|---|---|---|---|---|---|",
+        ]
+        for split, t in metrics["tool_use"].items():
+            lines.append(
+                f"| {split} | {t['tool_call_turns']:,} | {t['tool_calls']:,} | {t['examples_with_tools']:,} | "
+                f"{t['tools_per_example']} | {t['reasoning_share']:.1%} |"
+            )
     if metrics.get("mix_shares"):
         lines += [
             "",

@@ -41,9 +41,9 @@ HF_COLUMNS = ("id", "source", "cluster", "copy", "text", "input_ids", "attention
 JSONL_COLUMNS = {
     "prompt_completion": ("id", "prompt", "completion"),
     "text": ("id", "text"),
-    "sharegpt": ("id", "messages"),
+    "sharegpt": ("id", "messages", "meta"),
     "alpaca": ("id", "messages", "meta"),
-    "messages": ("id", "messages"),
+    "messages": ("id", "messages", "meta"),
 }
 BATCH_ROWS = 4096  # rows read at a time: ~30 MB of Arrow at ~7 KB a row
 HF_WRITE_ROWS = 1000  # rows per record batch in the HF shards (datasets' own writer batch size)
@@ -132,7 +132,14 @@ SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool"
 
 def _alpaca(messages: list[dict], meta: dict) -> dict:
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    turns: list[dict] = []
+    for m in messages:  # tool calls and results have no alpaca field: an exchange's last answer stands
+        if m["role"] == "user" or (
+            m["role"] == "assistant" and not (turns and turns[-1]["role"] == "assistant")
+        ):
+            turns.append(m)
+        elif m["role"] == "assistant":
+            turns[-1] = m
     pairs = [(turns[i]["content"], turns[i + 1]["content"]) for i in range(0, len(turns) - 1, 2)]
     if not pairs:  # a text record: no instruction, the whole text is the output
         return {
@@ -153,21 +160,45 @@ def _alpaca(messages: list[dict], meta: dict) -> dict:
     return row
 
 
+def _sharegpt(messages: list[dict]) -> list[dict]:
+    """ShareGPT turns in LLaMA-Factory's form: an assistant's calls as a `function_call` turn (one
+    call as an object, parallel calls as a list) after its text, if any; its reasoning as a
+    `<think>` block at the start of its text (ingest reads it back with `reasoning: split`)."""
+    out = []
+    for m in messages:
+        value = m["content"]
+        if m.get("reasoning"):
+            value = f"<think>\n{m['reasoning']}\n</think>\n\n{value}"
+        calls = [
+            {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+            for c in m.get("tool_calls", ())
+        ]
+        if value or not calls:
+            out.append({"from": SHAREGPT_ROLE[m["role"]], "value": value})
+        if calls:
+            call = calls[0] if len(calls) == 1 else calls
+            out.append({"from": "function_call", "value": orjson.dumps(call).decode()})
+    return out
+
+
 def _jsonl_row(r: dict, fmt: str, messages: list[dict] | None) -> dict:
-    """One row in one export format; `messages` is r["messages"] parsed (None for formats without it)."""
+    """One row in one export format; `messages` is r["messages"] parsed (None for formats without it).
+    A record's `tools` (kept in the row's meta by format) go with messages and sharegpt rows: as a
+    list in OpenAI form, and as LLaMA-Factory's JSON string of bare functions."""
     if fmt == "prompt_completion":
         return {"id": r["id"], "prompt": r["prompt"], "completion": r["completion"]}
     if fmt == "text":
         return {"id": r["id"], "text": r["text"]}
+    tools = orjson.loads(r["meta"]).get("tools") if '"tools"' in (r.get("meta") or "") else None
     if fmt == "messages":
-        return {"id": r["id"], "messages": messages}
+        return {"id": r["id"], "messages": messages, **({"tools": tools} if tools else {})}
     if messages is None:  # the sharegpt and alpaca formats read the messages column
         raise ValueError(f"export format {fmt}: the row has no messages")
     if fmt == "sharegpt":
-        return {
-            "id": r["id"],
-            "conversations": [{"from": SHAREGPT_ROLE[m["role"]], "value": m["content"]} for m in messages],
-        }
+        row = {"id": r["id"], "conversations": _sharegpt(messages)}
+        if tools:
+            row["tools"] = orjson.dumps([t["function"] for t in tools]).decode()
+        return row
     return {"id": r["id"], **_alpaca(messages, orjson.loads(r["meta"]))}
 
 

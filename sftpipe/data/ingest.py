@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -14,7 +15,7 @@ from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
 from sftpipe.core.records import Message, Record, make_record
 from sftpipe.io.readers import files_in, jsonl_row
-from sftpipe.io.schemas import CONVERTERS, Drop, detect, oasst
+from sftpipe.io.schemas import CONVERTERS, Drop, detect, oasst, reasoning
 from sftpipe.io.sources import SourceSpec, rows
 
 LINES_PER_PART = 2048
@@ -48,22 +49,31 @@ class _Convert:
             raise ValueError("_Convert: a row to convert, but no schema")
         try:
             if self.format == "oasst":
+                if oasst.is_flat(row):  # one message of a tree: the driver gathers the tree
+                    return "flat", where, row
                 converted = oasst.convert(row, mode=self.spec.mode, langs=self.spec.langs)
             else:
                 converted = CONVERTERS[self.format](row)
         except Drop as drop:
             return "drop", where, drop, row
+        return self.records(where, converted)
+
+    def records(self, where: dict, converted: list) -> tuple:
         langs = self.spec.langs
         items: list[_Item] = []
-        for orig_id, messages, meta in converted:
+        changes: Counter[str] = Counter()
+        for orig_id, messages, meta, *tools in converted:
             if langs and isinstance(meta.get("lang"), str) and meta["lang"] not in langs:
                 items.append(("lang", messages, meta))
                 continue
+            messages = reasoning.apply(messages, self.spec.reasoning, changes)
             meta = {**meta, "format": self.format}
             if self.spec.license:
                 meta["license"] = self.spec.license
-            items.append(("rec", make_record(self.name, messages, meta, orig_id)))
-        return "ok", where, len(converted), items
+            items.append(
+                ("rec", make_record(self.name, messages, meta, orig_id, tools[0] if tools else None))
+            )
+        return "ok", where, len(converted), items, changes
 
 
 def _convert_part(convert: _Convert, part: Part) -> list[tuple]:
@@ -73,12 +83,13 @@ def _convert_part(convert: _Convert, part: Part) -> list[tuple]:
 class _Ingest:
     """The sequential half: accounting, unique ids and writing, in input order."""
 
-    def __init__(self, name: str, spec: SourceSpec, out: JsonlWriter, tally: Tally):
-        self.name, self.spec, self.out, self.tally = name, spec, out, tally
+    def __init__(self, name: str, spec: SourceSpec, out: JsonlWriter, tally: Tally, scratch: Path):
+        self.name, self.spec, self.out, self.tally, self.scratch = name, spec, out, tally, scratch
         self.format: str | None = spec.format
         self.ids: dict[str, int] = {}  # id -> the last suffix given to a repeat of it
         self.taken: set[str] = set()
         self._convert: _Convert | None = None
+        self.trees: oasst.Trees | None = None  # OASST flat rows, gathered until the input ends
 
     def bad(self, where: dict, drop: Drop, row=None) -> None:
         if getattr(self.spec, drop.fatal_when) == "error":
@@ -116,11 +127,20 @@ class _Ingest:
         """Account for one outcome of `_Convert` (or a raw ("row", where, row) to convert here)."""
         if outcome[0] == "row":
             return self.row(*outcome[1:])
+        if outcome[0] == "flat":
+            if self.trees is None:
+                self.trees = oasst.Trees(self.scratch)
+            return self.trees.add(*outcome[1:])
         self.tally.seen()
         if outcome[0] == "drop":
             return self.bad(*outcome[1:])
-        _, where, n, items = outcome
+        _, where, n, items, changes = outcome
         self.tally.expand(n - 1)
+        self.write(where, items, changes)
+
+    def write(self, where: dict, items: list, changes: Counter) -> None:
+        for rule, count in changes.items():
+            self.tally.change(rule, count)
         for kind, *item in items:
             if kind == "lang":
                 messages, meta = item
@@ -130,6 +150,31 @@ class _Ingest:
             record["id"] = self.unique_id(record["id"])
             self.out.write(record)
             self.tally.kept()
+
+    # Reasons a flat OASST row is dropped that are bad input (`on_bad_record: error` stops on them);
+    # the rest are the tree's own filtering and selection.
+    BAD_FLAT = frozenset({"bad_message", "duplicate_message", "orphan", "cycle"})
+
+    def finish_trees(self) -> None:
+        """Rebuild the gathered OASST trees; every row is kept (a conversation ends on it) or dropped."""
+        if self.trees is None:
+            return
+        convert = _Convert(self.name, self.spec, "oasst")
+        for tree in self.trees:
+            rows = [row for _, row in tree]
+            converted, fate = oasst.resolve(rows, self.spec.mode, self.spec.langs)
+            for k, (where, row) in enumerate(tree):
+                if k in fate:
+                    self.tally.seen()
+                    if fate[k] in self.BAD_FLAT:
+                        self.bad(where, Drop(fate[k], f"message {row.get('message_id')!r}"), row)
+                    else:
+                        self.tally.drop(fate[k], row, **where)
+            if converted:  # a conversation stands for the row it ends on: one input each
+                self.tally.seen(len(converted))
+                _, where, _, items, changes = convert.records(tree[0][0], converted)
+                self.write(where, items, changes)
+        self.trees.close()
 
 
 def _line_files(spec: SourceSpec, engine: Engine) -> list[str] | None:
@@ -187,13 +232,15 @@ def ingest(
         tmp.mkdir()
         with JsonlWriter(tmp / "records.jsonl") as out, JsonlWriter(tmp / "rejected.jsonl") as rejected:
             tally = Tally(rejected)
-            job = _Ingest(name, spec, out, tally)
+            job = _Ingest(name, spec, out, tally, scratch=tmp)
             progress = tqdm(desc=f"ingest {name}", unit=" rec", mininterval=1, disable=None)
             for outcome in _outcomes(name, spec, job, engine, workers):
-                if spec.max_samples is not None and tally.n_in >= spec.max_samples:
+                gathered = job.trees.n if job.trees else 0  # OASST flat rows read, accounted at the end
+                if spec.max_samples is not None and tally.n_in + gathered >= spec.max_samples:
                     break
                 job.apply(outcome)
                 progress.update()
+            job.finish_trees()
             progress.close()
         if tally.n_in == 0:
             if spec.on_bad_record == "error":

@@ -226,6 +226,36 @@ def stage_reports(reports: Path) -> dict[str, dict]:
     return out
 
 
+def tool_use(parts: dict[str, Split]) -> dict[str, dict]:
+    """Per split, when any example calls tools or reasons: assistant turns with tool calls, the
+    calls, examples with tools and tools per such example, and the share of examples with reasoning.
+    Empty for data with neither (the report then looks as it always did)."""
+    out = {}
+    for split, src in parts.items():
+        turns = calls = with_tools = n_tools = reasoned = rows = 0
+        for batch in batches(src, ["messages", "meta"]):
+            for messages, meta in zip(batch["messages"].to_pylist(), batch["meta"].to_pylist(), strict=True):
+                rows += 1
+                if '"tools"' in meta:
+                    n = len(orjson.loads(meta).get("tools") or ())
+                    with_tools, n_tools = with_tools + (n > 0), n_tools + n
+                if '"tool_calls"' not in messages and '"reasoning"' not in messages:
+                    continue
+                assistant = [m for m in orjson.loads(messages) if m["role"] == "assistant"]
+                turns += sum(bool(m.get("tool_calls")) for m in assistant)
+                calls += sum(len(m.get("tool_calls") or ()) for m in assistant)
+                reasoned += any(m.get("reasoning") for m in assistant)
+        if turns or with_tools or reasoned:
+            out[split] = {
+                "tool_call_turns": turns,
+                "tool_calls": calls,
+                "examples_with_tools": with_tools,
+                "tools_per_example": round(n_tools / with_tools, 2) if with_tools else 0.0,
+                "reasoning_share": round(reasoned / rows, 4) if rows else 0.0,
+            }
+    return out
+
+
 def metrics(parts: dict[str, Split], reports: Path, by: dict[tuple[str, str], np.ndarray]) -> dict:
     from sftpipe.data.export import length_stats
 
@@ -248,13 +278,16 @@ def metrics(parts: dict[str, Split], reports: Path, by: dict[tuple[str, str], np
         )
         for split in parts
     }
-    return {
+    out = {
         "stages": stage_reports(reports),
         "splits": splits,
         "sources": dict(sorted(sources.items())),
         "tokens": tokens,
         "mix_shares": {s: v.get("share") for s, v in sorted(mix.items())},
     }
+    if used := tool_use(parts):
+        out["tool_use"] = used
+    return out
 
 
 def run(p: ReportParams, sources: dict, src_dir: str | Path, reports_dir: str | Path) -> dict:

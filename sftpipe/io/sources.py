@@ -62,6 +62,8 @@ class SourceSpec(Section):
     """License recorded in every record's `meta.license` and in the dataset card."""
     mode: Literal["best", "all"] = "best"
     """OASST trees: follow the best-ranked reply (`best`) or take every root-to-leaf path (`all`)."""
+    reasoning: Literal["split", "keep", "drop"] = "keep"
+    """`<think>` blocks in assistant text: move into the turn's reasoning (`split`), leave as text (`keep`), or remove them and any reasoning (`drop`)."""
     on_bad_record: Literal["drop", "error"] = "drop"
     """A bad input record is dropped with its reason (`drop`) or stops the stage (`error`)."""
     on_truncated: Literal["drop", "error"] = "drop"

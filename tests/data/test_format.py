@@ -146,11 +146,11 @@ def test_drops_are_counted_with_reasons_and_written(tmp_path, gpt2):
     tally, extra, rows, rejected = run(tmp_path, records, gpt2, template="alpaca")
     assert [r["id"] for r in rows] == ["t/ok", "t/text"]
     assert rows[1]["prompt"] == "" and rows[1]["labels"] == rows[1]["input_ids"]
-    assert dict(tally.dropped) == {"empty_completion": 1, "empty_prompt": 1, "unsupported_role": 1}
+    assert dict(tally.dropped) == {"empty_completion": 1, "empty_prompt": 1, "template_no_tools": 1}
     assert [(r["reason"], r["id"], r["record"]["id"]) for r in rejected] == [
         ("empty_completion", "t/empty", "t/empty"),
         ("empty_prompt", "t/noprompt", "t/noprompt"),
-        ("unsupported_role", "t/tool", "t/tool"),
+        ("template_no_tools", "t/tool", "t/tool"),
     ]
     assert tally.n_in == tally.n_out + sum(tally.dropped.values()) == 5
 

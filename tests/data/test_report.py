@@ -92,3 +92,34 @@ def test_metrics_and_card(tmp_path):
     assert "| a | file `x.jsonl` | mit | 7 | 7 | invalid_json 1 |" in card
     assert "Template `chatml`, tokenizer gpt2, max length 512" in card
     assert "## Known limitations" in card and size_category(12_345) == "10K<n<100K"
+
+
+def test_tool_use_counts_in_metrics_and_card(tmp_path):
+    import json
+
+    from sftpipe.data.report import tool_use
+
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}
+    tools = [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]
+    t = format_table(
+        [{"id": f"a/{i}", "source": "a", "meta": {"tools": tools} if i < 2 else {}} for i in range(4)]
+    )
+    msgs = [
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call, call]},
+         {"role": "tool", "content": "r", "tool_call_id": "c"}, {"role": "assistant", "content": "a", "reasoning": "r"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning": "hm"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    ]  # fmt: skip
+    t = t.set_column(
+        t.schema.get_field_index("messages"), "messages", pa.array([json.dumps(m) for m in msgs])
+    )
+    t = t.append_column("copy", pa.array([0] * 4, pa.int32()))
+    used = tool_use({"train": t, "val": t.slice(3, 1)})
+    assert used == {"train": {"tool_call_turns": 2, "tool_calls": 3, "examples_with_tools": 2,
+                              "tools_per_example": 2.0, "reasoning_share": 0.5}}  # fmt: skip
+    m = metrics({"train": t, "val": t.slice(3, 1)}, tmp_path, lengths({"train": t}))
+    assert m["tool_use"] == used
+    card = render("demo", {"a": SourceSpec(path="x.jsonl")}, m, {}, [])
+    assert "| train | 2 | 3 | 2 | 2.0 | 50.0% |" in card
+    assert "tool_use" not in metrics(parts(), tmp_path, lengths(parts()))  # plain data: the report as before

@@ -61,11 +61,14 @@ def test_messages_roles_and_parts():
 def test_sharegpt_role_map_and_unknown_role():
     row = {"id": "abc", "conversations": [
         {"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "bard", "value": "A"},
-        {"from": "user", "value": "Q2"}, {"from": "function_call", "value": "{}"},
+        {"from": "user", "value": "Q2"}, {"from": "function_call", "value": '{"name": "f", "arguments": {}}'},
         {"from": "observation", "value": "42"}, {"from": "chatgpt", "value": "A2"}]}  # fmt: skip
     [(oid, m, _)] = CONVERTERS["sharegpt"](row)
     assert oid == "abc"
     assert [x["role"] for x in m] == ["system", "user", "assistant", "user", "assistant", "tool", "assistant"]
+    call = {"id": "call_4_0", "type": "function", "function": {"name": "f", "arguments": {}}}
+    assert m[4] == {"role": "assistant", "content": "", "tool_calls": [call]}
+    assert m[5] == {"role": "tool", "content": "42", "tool_call_id": "call_4_0", "name": "f"}
     with pytest.raises(Drop, match="unknown_role: turn 1 is from 'alien'"):
         CONVERTERS["sharegpt"](
             {"conversations": [{"from": "human", "value": "x"}, {"from": "alien", "value": "y"}]}

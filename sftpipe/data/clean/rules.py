@@ -8,6 +8,11 @@ reason (`status`, `roles.late_system`, `boilerplate`, ...) that goes to `reports
 with the untouched input record, to `rejected.jsonl`. The order is fixed because rules build on
 each other: empty turns go before roles are fixed, lengths are measured on merged turns, PII is
 redacted only in what survives.
+
+Tool calling and reasoning: an assistant turn that only calls a function is not empty; a tool
+result (even an empty one) is kept, and must answer a call of the assistant turn before it
+(`roles.tool_without_call` otherwise); merged assistant turns keep every call and trace; text
+normalization, lengths and PII cover reasoning too, and lengths count a turn's calls.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
-from sftpipe.core.records import Drop
+from sftpipe.core.records import Drop, has_output, turn_text
 from sftpipe.data.clean.pii import KINDS, Redactor
 from sftpipe.data.clean.textnorm import normalize, prose
 
@@ -184,16 +189,22 @@ class Cleaner:
     def _text(self, msgs, meta, changes, replaced):
         out = msgs
         for i, m in enumerate(msgs):
-            content, steps = normalize(m["content"])
-            if steps:
-                if out is msgs:
-                    out = list(msgs)
-                out[i] = {**m, "content": content}
-                changes.update(f"text.{s}" for s in steps)
+            for key in ("content", "reasoning") if "reasoning" in m else ("content",):
+                text, steps = normalize(out[i][key])
+                if steps:
+                    if out is msgs:
+                        out = list(msgs)
+                    out[i] = {**out[i], key: text}
+                    changes.update(f"text.{s}" for s in steps)
         return out
 
     def _empties(self, msgs, meta, changes, replaced):
-        kept = [m for m in msgs if m["content"].strip()]
+        # A tool result is kept even when empty: it answers a call, and "" is an answer.
+        kept = [m for m in msgs if has_output(m) or m["role"] == "tool"]
+        if any(m.get("reasoning") for m in msgs if not (has_output(m) or m["role"] == "tool")):
+            changes.add("empties.reasoning_only")  # a trace with no answer or call after it
+        if not any(has_output(m) for m in kept):
+            kept = []
         if not kept:
             raise Drop("empties.conversation", f"{len(msgs)} turns, all empty")
         if len(kept) < len(msgs):
@@ -208,7 +219,7 @@ class Cleaner:
             if out and out[-1]["role"] == m["role"] and m["role"] != "tool":
                 if self.p.consecutive == "drop":
                     raise Drop("roles.consecutive", f"turns {i - 1} and {i} are both {m['role']}")
-                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
+                out[-1] = _merge(out[-1], m)
                 changes.add("roles.merged")
             else:
                 out.append(m)
@@ -230,15 +241,17 @@ class Cleaner:
         roles = {m["role"] for m in out}
         if "assistant" not in roles or not (is_text or "user" in roles):
             raise Drop("roles.no_exchange", f"roles left: {[m['role'] for m in out]}")
+        if "tool" in roles:
+            _check_results(out)
         return out if out != msgs else msgs
 
     def _lengths(self, msgs, meta, changes, replaced):
         p = self.p
         total = 0
         for i, m in enumerate(msgs):
-            n = len(m["content"])
+            n = len(turn_text(m))
             total += n
-            if n < p.min_turn_chars:
+            if n < p.min_turn_chars and m["role"] != "tool":
                 raise Drop("lengths.turn_short", f"turn {i} ({m['role']}): {n} < {p.min_turn_chars} chars")
             if p.max_turn_chars is not None and n > p.max_turn_chars:
                 raise Drop("lengths.turn_long", f"turn {i} ({m['role']}): {n} > {p.max_turn_chars} chars")
@@ -311,14 +324,44 @@ class Cleaner:
     def _pii(self, msgs, meta, changes, replaced):
         out = msgs
         for i, m in enumerate(msgs):
-            content, counts = self._redact(m["content"])
-            if counts:
-                if out is msgs:
-                    out = list(msgs)
-                out[i] = {**m, "content": content}
-                replaced.update(counts)
-                changes.update(f"pii.{k}" for k in counts)
+            for key in ("content", "reasoning") if "reasoning" in m else ("content",):
+                text, counts = self._redact(out[i][key])
+                if counts:
+                    if out is msgs:
+                        out = list(msgs)
+                    out[i] = {**out[i], key: text}
+                    replaced.update(counts)
+                    changes.update(f"pii.{k}" for k in counts)
         return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Two turns of one role as one: contents and traces joined by a blank line, calls in order."""
+    if a.get("tool_calls") or b.get("tool_calls"):  # a call-only turn adds no blank line
+        content = "\n\n".join(c for c in (a["content"], b["content"]) if c)
+    else:
+        content = a["content"] + "\n\n" + b["content"]
+    merged = {**a, **b, "content": content}
+    traces = [t for t in (a.get("reasoning"), b.get("reasoning")) if t]
+    if traces:
+        merged["reasoning"] = "\n\n".join(traces)
+    calls = [*a.get("tool_calls", ()), *b.get("tool_calls", ())]
+    if calls:
+        merged["tool_calls"] = calls
+    return merged
+
+
+def _check_results(msgs: list[dict]) -> None:
+    """Every tool result answers a call of the assistant turn before it (by id when it has one)."""
+    calls: set[str] | None = None  # ids of the calls open for results; None: no call to answer
+    for i, m in enumerate(msgs):
+        if m["role"] == "assistant":
+            calls = {c["id"] for c in m.get("tool_calls", ())} or None
+        elif m["role"] == "tool":
+            if calls is None or ("tool_call_id" in m and m["tool_call_id"] not in calls):
+                raise Drop("roles.tool_without_call", f"turn {i} is a tool result that answers no call")
+        else:
+            calls = None
 
 
 def _any_of(patterns: list[str]):

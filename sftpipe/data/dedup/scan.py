@@ -26,6 +26,7 @@ from numpy.typing import DTypeLike
 from tqdm import tqdm
 
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.core.records import turn_text
 from sftpipe.data.dedup.decontam import EvalIndex
 from sftpipe.data.dedup.minhash import codepoints, sequence_keys, shingles, signatures, tokenize
 from sftpipe.data.dedup.params import DedupParams
@@ -55,7 +56,7 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
     n_msgs = np.fromiter((len(r["messages"]) for r in recs), dtype=np.int64, count=len(recs))
     msg_start = np.zeros(len(recs) + 1, dtype=np.int64)
     np.cumsum(n_msgs, out=msg_start[1:])
-    tok, moff = tokenize([m["content"] for m in msgs])
+    tok, moff = tokenize([turn_text(m) for m in msgs])  # calls and reasoning count too
     coff = moff[msg_start]  # token offsets of whole conversations
     roles = np.array([ROLE.get(m["role"], 0) for m in msgs], dtype=np.uint8)
     # exact key: the order of (role, message key) pairs, so turn boundaries and roles count
@@ -63,13 +64,13 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
     keys = sequence_keys(mkeys, msg_start)
     empty = np.diff(coff) == 0
     for i in np.flatnonzero(empty):  # nothing to normalize: only byte-identical content is equal
-        blob = orjson.dumps([[m["role"], m["content"]] for m in recs[i]["messages"]])
+        blob = orjson.dumps([[m["role"], turn_text(m)] for m in recs[i]["messages"]])
         keys[i] = np.frombuffer(hashlib.blake2b(blob, digest_size=8).digest(), dtype=np.uint64)[0]
     out = {
         "ids": [r["id"] for r in recs],
         "sources": [r["source"] for r in recs],
         "scores": np.array(
-            [sum(len(m["content"]) for m in r["messages"] if m["role"] == "assistant") for r in recs],
+            [sum(len(turn_text(m)) for m in r["messages"] if m["role"] == "assistant") for r in recs],
             dtype=np.int64,
         ),
         "keys": keys,
@@ -262,4 +263,4 @@ def semantic_texts(scan: Scan, rows: np.ndarray, max_chars: int):
         lines = [line for _, line in scan.parts[p].lines()]
         for i in rows[lo:hi].tolist():
             rec = orjson.loads(lines[i - starts[p]])
-            yield "\n".join(m["content"] for m in rec["messages"] if m["role"] != "system")[:max_chars]
+            yield "\n".join(turn_text(m) for m in rec["messages"] if m["role"] != "system")[:max_chars]

@@ -32,7 +32,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
-from sftpipe.core.records import Drop
+from sftpipe.core.records import Drop, has_output
 from sftpipe.data.format.templates import Rendered, Renderer, require_control_tokens
 from sftpipe.data.format.tokenizer import (
     IGNORE,
@@ -78,6 +78,10 @@ class FormatParams(Section):
     """Rows over max_length: drop them, or first remove the oldest exchanges (system prompt kept)."""
     train_on_prompt: bool = False
     """Train on every token (prompt and template text too), not only on assistant turns."""
+    train_on_reasoning: bool = True
+    """Train on assistant reasoning traces; false masks them (the reply and its tool calls stay trained)."""
+    reasoning: Literal["keep", "drop_history"] = "keep"
+    """Reasoning of every assistant turn (keep), or only of the turns after the last user turn (drop_history, as Qwen3 renders)."""
 
     @field_validator("max_length")
     @classmethod
@@ -138,23 +142,38 @@ class Formatter:
     def __init__(self, tokenizer, params: FormatParams):
         self.tok, self.params = tokenizer, params
         require_control_tokens(params.template, tokenizer)
-        self.render = Renderer(params.template, tokenizer, bos_prefix(tokenizer))
+        self.render = Renderer(params.template, tokenizer, bos_prefix(tokenizer), params.train_on_reasoning)
         self.fast = FastBPE.of(tokenizer)
 
     def _rendered(self, record: dict, messages: list[dict]):
         """The rendered record, or the drop reason and detail."""
         meta = record.get("meta") or {}
-        final = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
-        if not final.strip():
+        final = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
+        if final is None or not has_output(final):  # a final turn that only calls a function is a completion
             return "empty_completion", "the final assistant turn is empty"
         if meta.get("kind") != "text" and not any(
             m["role"] == "user" and m["content"].strip() for m in messages
         ):
             return "empty_prompt", "no user turn with content"
         try:
-            return self.render(messages, meta)
+            return self.render(messages, meta, record.get("tools"))
         except Drop as drop:
             return drop.reason, drop.detail
+
+    def _messages(self, record: dict, tally: Tally) -> list[dict]:
+        """The record's turns, with the reasoning of turns before the last user turn removed under
+        `reasoning: drop_history` (counted per record as `reasoning.history_dropped`)."""
+        messages = record["messages"]
+        if self.params.reasoning == "keep":
+            return messages
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+        if not any("reasoning" in m for m in messages[:last_user]):
+            return messages
+        tally.change("reasoning.history_dropped")
+        return [
+            {k: v for k, v in m.items() if k != "reasoning"} if i < last_user else m
+            for i, m in enumerate(messages)
+        ]
 
     def _encode(self, items: list[_Item]) -> None:
         encoded = self.encode([i.rendered for i in items])
@@ -178,11 +197,12 @@ class Formatter:
         record in `tally` (drops in input order); returns the kept items in input order."""
         items = []
         for pos, record in numbered:
-            got = self._rendered(record, record["messages"])
+            messages = self._messages(record, tally)
+            got = self._rendered(record, messages)
             if isinstance(got, tuple):
-                items.append(_Item(record, record["messages"], None, drop=got, pos=pos))
+                items.append(_Item(record, messages, None, drop=got, pos=pos))
             else:
-                items.append(_Item(record, record["messages"], got, pos=pos))
+                items.append(_Item(record, messages, got, pos=pos))
         live = [i for i in items if i.drop is None]
         self._encode(live)
         long = [i for i in live if not self._fits(i)]
@@ -419,8 +439,14 @@ def to_table(items: list[_Item]) -> pa.Table:
 
 
 def _meta(item: _Item) -> dict:
+    """The row's meta: the record's, plus how many exchanges were cut, and the record's `tools`
+    (the row keeps its columns, so the function schemas travel on in meta to split, mix and export)."""
     meta = item.record.get("meta") or {}
-    return {**meta, "history_dropped": item.cut} if item.cut else meta
+    if item.cut:
+        meta = {**meta, "history_dropped": item.cut}
+    if item.record.get("tools"):
+        meta = {**meta, "tools": item.record["tools"]}
+    return meta
 
 
 def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool, fast: bool) -> dict:

@@ -38,7 +38,12 @@ _DETECT: list[tuple[str, Callable[[dict], bool]]] = [
     ("canonical", lambda r: all(f in r for f in canonical.FIELDS)),
     ("messages", lambda r: "messages" in r),
     ("sharegpt", lambda r: "conversations" in r),
-    ("oasst", lambda r: "message_tree_id" in r and "prompt" in r or all(f in r for f in oasst.FIELDS)),
+    (
+        "oasst",
+        lambda r: (
+            "message_tree_id" in r and "prompt" in r or all(f in r for f in oasst.FIELDS) or oasst.is_flat(r)
+        ),
+    ),
     ("self_instruct", lambda r: all(f in r for f in self_instruct.FIELDS)),
     ("dolly", lambda r: all(f in r for f in dolly.FIELDS)),
     ("alpaca", lambda r: all(f in r for f in alpaca.FIELDS)),

@@ -8,8 +8,11 @@ from sftpipe.core.records import Drop, Message, message
 
 __all__ = ["Converted", "Drop"]  # adapters import them from here
 
-Converted: TypeAlias = tuple[str | None, list[Message], dict]
-"""What an adapter makes of one row: `(orig_id, messages, meta)`, one per conversation."""
+Converted: TypeAlias = (
+    tuple[str | None, list[Message], dict] | tuple[str | None, list[Message], dict, list[dict] | None]
+)
+"""What an adapter makes of one row: `(orig_id, messages, meta)`, one per conversation, with the
+record's `tools` (function schemas) fourth when the row has any."""
 
 # Provenance fields copied into `meta` when a record carries them.
 PROVENANCE = ("category", "status", "lang", "label", "license", "name")

@@ -1,9 +1,15 @@
 """ShareGPT: `conversations` of `{from, value}`; tool calls as `function_call` / `observation`.
 
+In LLaMA-Factory's form a `function_call` turn's value is a JSON call `{name, arguments}` (or a
+list of them, for parallel calls): it becomes an assistant turn with `tool_calls` and no content;
+an `observation` is the `tool` turn answering it; the row's `tools` (a JSON string or a list)
+becomes the record's `tools`.
+
 Unknown roles drop the whole conversation with a reason: guessing a speaker corrupts the labels.
 """
 
 from sftpipe.core.records import Message, Role, message
+from sftpipe.io.schemas import calls
 from sftpipe.io.schemas.base import Converted, Drop, list_field, orig_id, provenance
 
 FIELDS = ("conversations",)
@@ -37,7 +43,33 @@ def convert(row: dict) -> list[Converted]:
         raise Drop("wrong_type", f"turn {bad} value is {type(msgs[bad]['content']).__name__}")
     if not msgs:
         raise Drop("empty_conversation")
+    tools = calls.tools(row.get("tools")) if "tools" in row else None
+    if any(t["from"] == "function_call" for t in conv):
+        msgs = _with_calls(conv, msgs)
     system = row.get("system")
     if isinstance(system, str) and system.strip():
         msgs.insert(0, message("system", system))
-    return [(orig_id(row), msgs, provenance(row))]
+    if tools is None:
+        return [(orig_id(row), msgs, provenance(row))]
+    return [(orig_id(row), msgs, provenance(row), tools)]
+
+
+def _with_calls(conv: list, msgs: list[Message]) -> list[Message]:
+    """`function_call` turns as assistant tool calls, and their observations linked to them. A call
+    right after an assistant's text joins that turn (how sftpipe's export writes a turn that both
+    says something and calls)."""
+    out: list[Message] = []
+    for i, turn in enumerate(conv):
+        if turn["from"] != "function_call":
+            out.append(msgs[i])
+            continue
+        value = calls.parse_json(msgs[i]["content"], f"turn {i} function_call")
+        found = [
+            calls.tool_call(c, i, k) for k, c in enumerate(value if isinstance(value, list) else [value])
+        ]
+        last = out[-1] if out else None
+        if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
+            last["tool_calls"] = found
+        else:
+            out.append({"role": "assistant", "content": "", "tool_calls": found})
+    return calls.link_results(out)

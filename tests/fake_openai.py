@@ -8,12 +8,15 @@ It answers like a tiny generator or judge, deterministically from the request:
 - a judge request gets scores: 9 each, or 2 each when the response contains `[bad]`, or prose
   without JSON when it contains `[judgefail]`; with `[split]`, 9 from judges sampling at
   temperature <= 0.5 and 2 from the others;
+- a judge request to model "oracle" scores 9 only a response that is the passage's own text,
+  whole sentences (as the good control pairs of sftpipe.distill.controls are), else 2;
 - a pairwise judge request ("impartial judge" in the system prompt, as sftpipe.model.judge asks)
   gets `[[A]]`/`[[B]]` for the answer holding `[good]`, `[[C]]` (tie) otherwise, and always
   `[[A]]` when the question holds `[first]`.
 
 `behaviour(body, n)` (n = how many times this exact request was seen before) injects HTTP faults:
-return "ok", ("status", code[, retry_after]), ("sleep", seconds), "malformed" (invalid JSON body),
+return "ok", ("status", code[, retry_after[, message]]), ("sleep", seconds), "malformed" (invalid JSON body),
+"empty" (a well-formed answer with empty content),
 "truncated" (valid JSON cut in half), "short" (Content-Length larger than the body, then close).
 
 In a thread: `with FakeOpenAI(behaviour) as srv: srv.url ...`. As a process that a test can
@@ -58,6 +61,9 @@ def answer(body: dict) -> tuple[str, str]:
         if "[judgefail]" in response:
             return "I cannot score this.", "stop"
         score = 2 if "[bad]" in response else 9
+        if body.get("model") == "oracle":
+            text, source = " ".join(response.split()), " ".join(passage.split())
+            score = 9 if text in source and text.endswith((".", "!", "?")) else 2
         if "[split]" in response:  # judges disagree: the one sampling hotter scores low
             score = 9 if body.get("temperature", 0) <= 0.5 else 2
         scores = dict.fromkeys(("accuracy", "completeness", "logicality", "helpfulness", "safety"), score)
@@ -126,10 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(action[1])
             action = "ok"
         if isinstance(action, tuple) and action[0] == "status":
-            headers = {"Retry-After": str(action[2])} if len(action) > 2 else {}
-            error = {"error": {"message": f"fake {action[1]}", "type": "fake", "code": action[1]}}
+            headers = {"Retry-After": str(action[2])} if len(action) > 2 and action[2] is not None else {}
+            text = action[3] if len(action) > 3 else f"fake {action[1]}"
+            error = {"error": {"message": text, "type": "fake", "code": action[1]}}
             return self._send(action[1], json.dumps(error).encode(), headers)
-        content, finish = answer(body)
+        content, finish = ("", "stop") if action == "empty" else answer(body)
         payload = json.dumps(
             {
                 "id": f"chatcmpl-{key}",

@@ -24,6 +24,9 @@ from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
 from sftpipe.core.records import Drop, Record, make_record, message
+from sftpipe.distill.controls import Control, control_pairs
+from sftpipe.distill.gate import decide, judge_gate
+from sftpipe.distill.grounding import GroundingParams, check_model, gains
 from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
 from sftpipe.distill.llm import (
     Balancer,
@@ -35,6 +38,8 @@ from sftpipe.distill.llm import (
     identity_of,
     read_key,
     response_format,
+    server_limits,
+    server_of,
 )
 from sftpipe.distill.parse import parse_pair, parse_verdict, weighted
 from sftpipe.distill.prompts import (
@@ -48,7 +53,8 @@ from sftpipe.distill.prompts import (
     template,
     verdict_schema,
 )
-from sftpipe.distill.slices import Chunk, chunks_of, read_slices
+from sftpipe.distill.slices import Chunk, DistillError, chunks_of, read_slices
+from sftpipe.runtime.tracking import repo_root
 
 SOURCE = "distill"
 
@@ -109,7 +115,18 @@ class DistillParams(Section):
     local: LocalServerSpec = LocalServerSpec()
     """The local llama.cpp server used by endpoints whose base_url is null."""
     cache_dir: str | None = ".cache/distill"
-    """Request cache folder (resume without repeating requests); null = no cache."""
+    """Request cache folder (resume without repeating requests); relative to the repository root, so
+    `dvc exp run`, `--temp` and `--queue` share it; null = no cache."""
+    max_error_rate: float = 0.05
+    """Fail the stage (writing nothing) when more than this share of one endpoint's requests fail."""
+    calibrate: bool = True
+    """Score control pairs (good and deliberately bad, built from the slices) to measure each judge."""
+    control_chunks: int = 20
+    """Chunks that get control pairs (6 each; the first chunks by a hash of their id)."""
+    min_judge_auc: float = 0.7
+    """A judge whose AUC on the control pairs is below this is ignored (with a warning)."""
+    grounding: GroundingParams = GroundingParams()
+    """The grounding gate: the base model's log-likelihood gain from the passage."""
 
     @model_validator(mode="after")
     def _check(self) -> DistillParams:
@@ -128,6 +145,10 @@ class DistillParams(Section):
             raise ValueError(f"min_votes must be between 0 and the number of judges ({len(names)})")
         if not 0 <= self.min_score_threshold <= 10:
             raise ValueError("min_score_threshold must be between 0 and 10")
+        if not 0 <= self.max_error_rate <= 1 or not 0 <= self.min_judge_auc <= 1:
+            raise ValueError("max_error_rate and min_judge_auc must be between 0 and 1")
+        if self.control_chunks < 1:
+            raise ValueError("control_chunks must be at least 1")
         return self
 
 
@@ -148,10 +169,12 @@ class Unit:
     verdicts: dict[str, dict] = field(default_factory=dict)  # judge name -> scores or error
     score: float | None = None  # mean weighted score over the judges that gave one
     votes: int = 0  # judges whose weighted score reached the threshold
+    grounding: float | None = None  # the passage's log-likelihood gain (grounding.py)
+    control: Control | None = None  # a control pair: judged, never generated nor exported
 
     @property
     def key(self) -> str:
-        return f"{self.chunk.id}/{self.sample}"
+        return self.control.key if self.control else f"{self.chunk.id}/{self.sample}"
 
 
 class _Run:
@@ -200,26 +223,15 @@ class _Run:
         unit.verdicts[name] = {**verdict, "weighted": weighted(verdict["scores"], self.p.weights)}
 
     async def unit(self, unit: Unit) -> Unit:
-        unit.reply = await self.gen.complete(self.gen_request(unit))
-        try:
-            unit.pair, unit.status = parse_pair(unit.reply), "ok"
-        except Drop as drop:
-            unit.pair, unit.status = None, drop.reason
+        if unit.control is None:
+            unit.reply = await self.gen.complete(self.gen_request(unit))
+            try:
+                unit.pair, unit.status = parse_pair(unit.reply), "ok"
+            except Drop as drop:
+                unit.pair, unit.status = None, drop.reason
         if unit.pair is not None:
             await asyncio.gather(*(self.judge(name, unit) for name in self.judges))
-            unit.status = self.decide(unit)
         return unit
-
-    def decide(self, unit: Unit) -> str:
-        valid = [v["weighted"] for v in unit.verdicts.values() if "weighted" in v]
-        if not valid:
-            return "judge_failed"
-        threshold = self.p.min_score_threshold
-        unit.score = round(sum(valid) / len(valid), 4)
-        unit.votes = sum(v >= threshold for v in valid)
-        if unit.score < threshold:
-            return "low_score"
-        return "kept" if unit.votes >= self.p.min_votes else "too_few_votes"
 
     async def run(self, units: list[Unit]) -> None:
         progress = tqdm(total=len(units), desc="distill", unit=" pair", disable=None)
@@ -239,25 +251,30 @@ def _clients(
     local = any(spec.base_url is None for _, spec in _endpoints(params))
     ident = identity(params.local) if local else "local"
     shared = Balancer(len(local_urls)) if local_urls else None  # the local servers serve every local endpoint
+    slots = server_limits([spec for _, spec in _endpoints(params)], params.local.servers)
 
     def client(name: str, spec: EndpointSpec) -> LLMClient:
         if cache_only:  # no server to reach, only the cache keys matter
             endpoint = Endpoint(name, [], spec, identity_of(spec, ident))
         else:
             endpoint = Endpoint.resolve(name, spec, local_urls, ident)
-        return LLMClient(endpoint, cache, shared if spec.base_url is None else None, cache_only)
+        balancer = shared if spec.base_url is None else None
+        return LLMClient(endpoint, cache, balancer, cache_only, slots[server_of(spec)])
 
     return client("generator", params.generator), {j.name: client(j.name, j) for j in params.judges}
 
 
-async def _run_all(params, seed, units, local_urls, cache, cache_only=False) -> dict[str, Counter]:
+Clients = dict[str, LLMClient]
+
+
+async def _run_all(params, seed, units, local_urls, cache, cache_only=False) -> Clients:
     gen, judges = _clients(params, local_urls, cache, cache_only)
     try:
         await _Run(params, seed, gen, judges).run(units)
     finally:
         for client in (gen, *judges.values()):
             await client.close()
-    return {"generator": gen.stats, **{n: c.stats for n, c in judges.items()}}
+    return {"generator": gen, **judges}
 
 
 def _answer(params: DistillParams, seed: int, make_units, cache: RequestCache | None):
@@ -268,17 +285,55 @@ def _answer(params: DistillParams, seed: int, make_units, cache: RequestCache | 
         return units, asyncio.run(_run_all(params, seed, units, None, cache))
     if cache is not None:
         units = make_units()
-        stats = asyncio.run(_run_all(params, seed, units, None, cache, cache_only=True))
-        if not any(s["misses"] for s in stats.values()):
-            return units, stats
+        clients = asyncio.run(_run_all(params, seed, units, None, cache, cache_only=True))
+        if not any(c.stats["misses"] for c in clients.values()):
+            return units, clients
     units = make_units()
     with local_servers(params.local, seed) as urls:
         return units, asyncio.run(_run_all(params, seed, units, urls, cache))
 
 
+def cache_file(cache_dir: str) -> Path:
+    """The request cache; a relative folder is taken from the repository root (an experiment's
+    temporary workspace maps back to it), so every run and experiment shares one cache."""
+    folder = Path(cache_dir)
+    return (folder if folder.is_absolute() else repo_root() / folder) / "requests.sqlite"
+
+
+def check_errors(clients: Clients, params: DistillParams) -> None:
+    """Fail loudly when an endpoint's failed requests exceed `max_error_rate`: a 401, a wrong model
+    or a dead server must not end in a quietly empty (and DVC-locked) output."""
+    for name, client in clients.items():
+        calls, failed = client.stats["calls"], client.stats["failed"]
+        if calls and failed / calls > params.max_error_rate:
+            reason, body = client.first_error or ("unknown", "")
+            where = client.spec.base_url or "the local llama.cpp server"
+            raise DistillError(
+                f"distill: {failed} of {calls} requests to {name} ({where}) failed, more than "
+                f"max_error_rate {params.max_error_rate:g}; first error: {reason}: "
+                f"{' '.join(body.split()) or '(no body)'}. Nothing was written."
+            )
+
+
+def _control_units(params: DistillParams, chunks: list[Chunk], start: int) -> list[Unit]:
+    if not params.calibrate:
+        return []
+    order = sorted(chunks, key=lambda c: hashlib.blake2b(c.id.encode(), digest_size=8).digest())
+    chosen = {c.id for c in order[: params.control_chunks]}
+    controls = control_pairs([c for c in chunks if c.id in chosen])
+    return [Unit(start + k, c.chunk, -1, pair=c.pair, control=c) for k, c in enumerate(controls)]
+
+
+def _ground(params: DistillParams, units: list[Unit], cache: RequestCache | None) -> None:
+    todo = [u for u in units if u.pair is not None]
+    found = gains(params.grounding, [(u.chunk.content, u.pair) for u in todo], cache)
+    for unit, gain in zip(todo, found, strict=True):
+        unit.grounding = gain
+
+
 def distill(params: DistillParams, seed: int, out_dir: str | Path) -> tuple[Tally, dict]:
-    """Run the stage: write records, generated_raw, scored, rejected and metadata into `out_dir`
-    (atomically); return the tally and the metadata."""
+    """Run the stage: write records, generated_raw, scored, controls, rejected and metadata into
+    `out_dir` (atomically); return the tally and the metadata."""
     slices = read_slices(params.slices) if params.enabled else []
     chunks = chunks_of(slices, params.chunk_chars)
     if params.enabled:  # fail on a bad template or a missing key before starting any server
@@ -286,26 +341,37 @@ def distill(params: DistillParams, seed: int, out_dir: str | Path) -> tuple[Tall
         template(params, True)
         for name, spec in _endpoints(params):
             read_key(name, spec)
+        if params.grounding.enabled:
+            check_model(params.grounding)
     n = params.samples_per_slice
 
     def make_units() -> list[Unit]:
-        return [Unit(i, c, s) for i, (c, s) in enumerate((c, s) for c in chunks for s in range(n))]
+        real = [Unit(i, c, s) for i, (c, s) in enumerate((c, s) for c in chunks for s in range(n))]
+        return real + _control_units(params, chunks, len(real)) if real else []
 
-    units, stats = make_units(), {}
+    units = make_units()
     if units:
-        cache = RequestCache(Path(params.cache_dir) / "requests.sqlite") if params.cache_dir else None
+        cache = RequestCache(cache_file(params.cache_dir)) if params.cache_dir else None
         try:
-            units, stats = _answer(params, seed, make_units, cache)
+            units, clients = _answer(params, seed, make_units, cache)
+            for name, client in clients.items():
+                print(f"distill {name}: {dict(sorted(client.stats.items()))}", file=sys.stderr)
+            check_errors(clients, params)
+            if params.grounding.enabled:
+                _ground(params, units, cache)
         finally:
             if cache is not None:
                 cache.close()
-    for name, counts in stats.items():
-        print(f"distill {name}: {dict(sorted(counts.items()))}", file=sys.stderr)
-    return _write(params, slices, chunks, units, out_dir)
+    calibration, used = judge_gate(params, [u for u in units if u.control])
+    for u in units:
+        if u.pair is not None and u.control is None:
+            u.status = decide(u, used, params)
+    return _write(params, slices, chunks, units, out_dir, calibration, used)
 
 
-def _write(params: DistillParams, slices, chunks, units: list[Unit], out_dir) -> tuple[Tally, dict]:
+def _write(params, slices, chunks, units: list[Unit], out_dir, calibration, used) -> tuple[Tally, dict]:
     n = params.samples_per_slice
+    real = [u for u in sorted(units, key=lambda u: u.index) if u.control is None]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         with (
@@ -317,7 +383,7 @@ def _write(params: DistillParams, slices, chunks, units: list[Unit], out_dir) ->
             tally = Tally(rejected)
             tally.seen(len(slices) * n)
             tally.expand((len(chunks) - len(slices)) * n)
-            for u in sorted(units, key=lambda u: u.index):
+            for u in real:
                 assert u.reply is not None  # `_answer` ran every unit
                 raw.write({"slice": u.chunk.id, "sample": u.sample, **u.reply.as_dict()})
                 where = {"slice": u.chunk.id, "sample": u.sample}
@@ -325,17 +391,35 @@ def _write(params: DistillParams, slices, chunks, units: list[Unit], out_dir) ->
                     tally.drop(u.status, {"content": u.reply.content, "error": u.reply.error}, **where)
                     continue
                 record = _record(u, u.pair)
-                judging = {"judges": dict(sorted(u.verdicts.items())), "score": u.score, "votes": u.votes}
-                scored.write({**where, "id": record["id"], **u.pair, **judging, "status": u.status})
+                scored.write({**where, "id": record["id"], **u.pair, **_judging(u), "status": u.status})
                 if u.status == "kept":
                     records.write(record)
                     tally.kept()
                 else:
                     tally.drop(u.status, record, **where)
             tally.check()
-        metadata = _metadata(params, slices, chunks, units, tally)
+        _write_controls(tmp / "controls.jsonl", [u for u in units if u.control])
+        metadata = _metadata(params, slices, chunks, real, tally)
+        metadata.update(calibration=calibration, judges_used=used)
         write_json(tmp / "metadata.json", metadata)
     return tally, metadata
+
+
+def _judging(u: Unit) -> dict:
+    return {
+        "judges": dict(sorted(u.verdicts.items())),
+        "score": u.score,
+        "votes": u.votes,
+        "grounding": u.grounding,
+    }
+
+
+def _write_controls(path: Path, units: list[Unit]) -> None:
+    with JsonlWriter(path) as out:
+        for u in sorted(units, key=lambda u: u.index):
+            assert u.control is not None and u.pair is not None  # controls come with their pair
+            head = {"slice": u.chunk.id, "kind": u.control.kind, "label": u.control.label}
+            out.write({**head, **u.pair, **_judging(u)})
 
 
 def _record(u: Unit, pair: dict) -> Record:
@@ -350,6 +434,8 @@ def _record(u: Unit, pair: dict) -> Record:
         "score": u.score,
         "votes": u.votes,
     }
+    if u.grounding is not None:
+        meta["grounding"] = u.grounding
     if pair["input"]:
         meta["alpaca_input"] = pair["input"]
     if u.chunk.metadata:

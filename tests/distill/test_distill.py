@@ -46,7 +46,14 @@ def parse_verdict(reply):
     return _outcome(_parse_verdict, reply)
 
 
-OUTPUTS = ("records.jsonl", "generated_raw.jsonl", "scored.jsonl", "rejected.jsonl", "metadata.json")
+OUTPUTS = (
+    "records.jsonl",
+    "generated_raw.jsonl",
+    "scored.jsonl",
+    "controls.jsonl",
+    "rejected.jsonl",
+    "metadata.json",
+)
 
 # --- chunking ------------------------------------------------------------------------------------
 
@@ -228,6 +235,8 @@ def make_params(tmp_path: Path, url: str, **over) -> DistillParams:
         ],
         "min_votes": 2,
         "min_score_threshold": 5.0,
+        "calibrate": False,  # the control pairs have tests of their own (test_gate.py)
+        "grounding": {"enabled": False},
     }
     return DistillParams.model_validate({**data, **over})
 
@@ -329,12 +338,12 @@ def test_faults_change_nothing_in_the_output(tmp_path):
     assert outputs(tmp_path / "calm") == outputs(tmp_path / "storm")
 
 
-def test_requests_failing_after_the_cap_are_counted(tmp_path):
+def test_requests_failing_after_the_cap_are_counted_when_tolerated(tmp_path):
     def judges_down(body, n):
         return ("status", 502) if "reviewer" in body["messages"][0]["content"] else "ok"
 
     with FakeOpenAI(judges_down) as srv:
-        params = make_params(tmp_path, srv.url)
+        params = make_params(tmp_path, srv.url, max_error_rate=1.0)
         params = params.model_copy(
             update={"judges": [j.model_copy(update={"max_attempts": 2}) for j in params.judges]}
         )
@@ -346,7 +355,7 @@ def test_requests_failing_after_the_cap_are_counted(tmp_path):
     assert meta["scores"]["hot"]["failed"] == {"request_failed:http_502": 8}
 
     with FakeOpenAI(lambda body, n: ("status", 500)) as srv:
-        params = make_params(tmp_path, srv.url, cache_dir=None)
+        params = make_params(tmp_path, srv.url, cache_dir=None, max_error_rate=1.0)
         params = params.model_copy(
             update={"generator": params.generator.model_copy(update={"max_attempts": 2})}
         )
@@ -360,6 +369,65 @@ def test_requests_failing_after_the_cap_are_counted(tmp_path):
         "slice": "good",
         "sample": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"), [(401, False), (400, False), (500, True)], ids=["401", "400", "500"]
+)
+def test_total_failure_fails_the_stage_naming_endpoint_status_and_body(tmp_path, status, retried):
+    with FakeOpenAI(lambda body, n: ("status", status)) as srv:
+        params = make_params(tmp_path, srv.url)
+        with pytest.raises(DistillError) as err:
+            distill(params, 1, tmp_path / "out")
+        assert srv.n_requests == 14 * (4 if retried else 1)
+    message = str(err.value)
+    assert f"14 of 14 requests to generator ({srv.url}) failed" in message
+    assert f"first error: http_{status}: " in message and f"fake {status}" in message
+    assert not (tmp_path / "out").exists()  # nothing written, so DVC locks nothing
+
+
+def test_a_few_failures_below_max_error_rate_are_dropped_not_fatal(tmp_path):
+    def one_down(body, n):  # the first slice's generation always fails
+        return ("status", 500) if "Clean the data first" in json.dumps(body) and "seed" in body else "ok"
+
+    with FakeOpenAI(one_down) as srv:
+        gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
+        tally, _ = distill(make_params(tmp_path, srv.url, generator=gen, max_error_rate=0.2), 1, tmp_path / "o")
+    assert tally.as_dict()["dropped"]["generation_failed"] == 2  # 2 of 14 = 0.14 <= 0.2
+    with FakeOpenAI(one_down) as srv, pytest.raises(DistillError, match="2 of 14 requests to generator"):
+        gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
+        distill(make_params(tmp_path, srv.url, generator=gen, cache_dir=None), 1, tmp_path / "p")
+
+
+def test_error_bodies_are_scrubbed_of_the_key(tmp_path, monkeypatch):
+    key = "sk-test-" + "x" * 24
+    monkeypatch.setenv("FAKE_KEY_FOR_TEST", key)
+
+    def echo_key(body, n):  # a server that puts the caller's key in its error message
+        return ("status", 401, None, f"Incorrect API key provided: {key}")
+
+    with FakeOpenAI(echo_key) as srv:
+        endpoint = {"base_url": srv.url, "model": "fake", "api_key_env": "FAKE_KEY_FOR_TEST"}
+        params = make_params(tmp_path, srv.url, generator=endpoint)
+        with pytest.raises(DistillError) as err:
+            distill(params, 1, tmp_path / "out")
+        assert srv.auth[0] == f"Bearer {key}"
+    assert key not in str(err.value) and "Incorrect API key provided: ***" in str(err.value)
+
+
+def test_empty_replies_are_retried_and_never_cached(tmp_path):
+    with FakeOpenAI(lambda body, n: "empty" if n == 0 else "ok") as srv:
+        params = make_params(tmp_path, srv.url)
+        tally, _ = distill(params, 1, tmp_path / "out")
+        assert tally.as_dict() == EXPECTED
+        assert srv.n_requests == 2 * 30  # every request answered empty once, then asked again
+    with FakeOpenAI(lambda body, n: "empty") as srv:
+        params = make_params(tmp_path, srv.url, cache_dir=str(tmp_path / "c2"))
+        with pytest.raises(DistillError, match="first error: empty_reply"):
+            distill(params, 1, tmp_path / "empty")
+    from sftpipe.distill.llm import RequestCache
+
+    assert len(RequestCache(tmp_path / "c2" / "requests.sqlite")) == 0
 
 
 def test_disabled_writes_empty_valid_outputs(tmp_path):
@@ -465,11 +533,10 @@ def test_server_killed_mid_run_every_unit_accounted_then_resumed(tmp_path):
 
         thread = threading.Thread(target=killer)
         thread.start()
-        tally, _ = distill(params, 1, tmp_path / "first")
+        with pytest.raises(DistillError, match=r"requests to \w+ .* failed.*first error: connection"):
+            distill(params, 1, tmp_path / "first")
         thread.join()
-        first = tally.as_dict()
-        assert first["in"] == 14 and first["out"] + sum(first["dropped"].values()) == 14
-        assert first["dropped"].get("generation_failed", 0) + first["dropped"].get("judge_failed", 0) > 0
+        assert not (tmp_path / "first").exists()  # a dead server fails the stage, writes nothing
         done_before = set(events("completed"))
 
         server = start()

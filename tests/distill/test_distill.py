@@ -392,7 +392,9 @@ def test_a_few_failures_below_max_error_rate_are_dropped_not_fatal(tmp_path):
 
     with FakeOpenAI(one_down) as srv:
         gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
-        tally, _ = distill(make_params(tmp_path, srv.url, generator=gen, max_error_rate=0.2), 1, tmp_path / "o")
+        tally, _ = distill(
+            make_params(tmp_path, srv.url, generator=gen, max_error_rate=0.2), 1, tmp_path / "o"
+        )
     assert tally.as_dict()["dropped"]["generation_failed"] == 2  # 2 of 14 = 0.14 <= 0.2
     with FakeOpenAI(one_down) as srv, pytest.raises(DistillError, match="2 of 14 requests to generator"):
         gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
@@ -702,3 +704,26 @@ def test_local_servers_start_only_for_requests_the_cache_cannot_answer(tmp_path,
         distill(params.model_copy(update={"samples_per_slice": 3}), 1, tmp_path / "more")
         assert started == [1, 1] and srv.n_requests == 22 + 7 + 4  # only the new samples were asked
     assert outputs(tmp_path / "first") == outputs(tmp_path / "second")
+
+
+def test_an_experiment_workspace_shares_the_cache_of_its_repo(tmp_path, monkeypatch):
+    """`dvc exp run --temp/--queue` run in <repo>/.dvc/tmp/exps/<name>/: the relative cache_dir
+    resolves to the repo's own .cache/distill there, so no completed request is asked again."""
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "tmpq1w2e3"
+    (workspace / ".dvc").mkdir(parents=True)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with FakeOpenAI() as srv:
+        params = make_params(tmp_path, srv.url, cache_dir=".cache/distill")
+        monkeypatch.chdir(repo)
+        distill(params, 1, tmp_path / "first")
+        asked = srv.n_requests
+        assert (repo / ".cache" / "distill" / "requests.sqlite").is_file()
+        monkeypatch.chdir(workspace)
+        distill(params, 1, tmp_path / "queued")
+        assert srv.n_requests == asked  # the queued experiment repeated no completed request
+        monkeypatch.setenv("DVC_ROOT", str(workspace))  # as dvc sets it for the stage command
+        distill(params, 1, tmp_path / "temp")
+        assert srv.n_requests == asked
+    assert not (workspace / ".cache").exists()
+    assert outputs(tmp_path / "first") == outputs(tmp_path / "queued") == outputs(tmp_path / "temp")

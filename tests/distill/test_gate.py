@@ -1,0 +1,129 @@
+"""The quality gate: control pairs built from the slices, each judge's AUC on them, judges below
+min_judge_auc ignored, and the grounding gain of the base model (models/base, when present).
+Judges are the fake server's (tests/fake_openai.py): "oracle" scores only the passage's own whole
+sentences high, the default fake judge scores everything 9."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftpipe.core.jsonio import read_jsonl
+from sftpipe.distill.controls import BAD, GOOD, auc, control_pairs, negate, truncate
+from sftpipe.distill.grounding import GroundingParams, gains
+from sftpipe.distill.run import distill
+from sftpipe.distill.slices import DistillError, chunks_of, read_slices
+from tests.conftest import ROOT, write_lines
+from tests.distill.test_distill import make_params
+from tests.fake_openai import FakeOpenAI
+
+SLICES = [
+    json.dumps({"id": "a", "content": "Clean the data first. Count every drop. Keep the reasons."}),
+    json.dumps({"id": "b", "content": "Deduplicate before you split. Near copies leak into the test set."}),
+]
+
+
+def test_auc_counts_ties_half():
+    assert auc([9, 8], [2, 1]) == 1.0 and auc([2], [9]) == 0.0
+    assert auc([5, 5], [5, 5]) == 0.5 and auc([9, 5], [5, 1]) == 0.875
+    assert auc([], [1]) is None and auc([1], []) is None
+
+
+def test_controls_from_real_slices_are_what_they_claim():
+    chunks = chunks_of(read_slices(ROOT / "data/knowledge/slices.jsonl"), 1500)
+    controls = control_pairs(chunks)
+    assert len(controls) == 6 * len(chunks) == 30
+    by = {(c.chunk.id, c.kind): c for c in controls}
+    first = chunks[0]
+    lead = by[(first.id, "lead")].pair["response"]
+    assert lead in first.content and lead.endswith(".")
+    assert by[(first.id, "tail")].pair["response"] in first.content
+    assert by[(first.id, "other_slice")].pair["response"] in chunks[1].content
+    cut = by[(first.id, "truncated")].pair["response"]
+    assert lead.startswith(cut) and len(cut) < len(lead) / 2 + 10 and not cut.endswith(".")
+    assert by[(first.id, "contradicted")].pair["response"] not in first.content
+    assert by[(first.id, "off_topic")].pair["response"] not in " ".join(c.content for c in chunks)
+    assert {c.label for c in controls if c.kind in GOOD} == {1}
+    assert {c.label for c in controls if c.kind in BAD} == {0}
+
+
+def test_negate_and_truncate():
+    assert negate("Exact copies are found by hashing. Keep the seed.") == (
+        "Exact copies are not found by hashing. It is not true that keep the seed."
+    )
+    assert negate("Remove duplicates before you split.") == "Remove duplicates after you split."
+    assert truncate("one two three four five six seven eight nine ten.") == "one two three four"
+
+
+def _run(tmp_path, srv, judges, **over):
+    endpoint = {"base_url": srv.url, "backoff_s": 0.01}
+    write_lines(tmp_path / "slices.jsonl", SLICES)
+    params = make_params(
+        tmp_path,
+        srv.url,
+        judges=[{**endpoint, **j} for j in judges],
+        **{"calibrate": True, "min_votes": 1, **over},
+    )
+    return distill(params, 1, tmp_path / "out")
+
+
+def test_calibration_keeps_the_good_judge_and_ignores_the_bad_one(tmp_path, capsys):
+    with FakeOpenAI() as srv:
+        tally, meta = _run(
+            tmp_path, srv, [{"name": "oracle", "model": "oracle"}, {"name": "yes", "model": "fake"}]
+        )
+    cal = meta["calibration"]
+    assert cal["oracle"]["auc"] == 1.0 and (cal["oracle"]["good"], cal["oracle"]["bad"]) == (3, 8)  # "b" has no tail
+    assert cal["yes"]["auc"] == 0.5
+    assert meta["judges_used"] == ["oracle"]
+    assert (
+        "judge yes ignored: AUC 0.50 on the control pairs, below min_judge_auc 0.7" in capsys.readouterr().err
+    )
+    # The real pairs (the passage plus a seed note, so not whole passage sentences) fail the oracle.
+    assert tally.as_dict() == {"in": 4, "out": 0, "dropped": {"low_score": 4}}
+    controls = list(read_jsonl(tmp_path / "out" / "controls.jsonl"))
+    assert len(controls) == 11 and {c["kind"] for c in controls} == set(GOOD) | set(BAD)
+    assert all(c["judges"]["oracle"]["weighted"] == (9.0 if c["label"] else 2.0) for c in controls)
+    records = (tmp_path / "out" / "records.jsonl").read_text()
+    assert "control" not in records  # controls are never exported
+
+
+def test_no_judge_left_and_no_other_gate_fails_the_stage(tmp_path):
+    with FakeOpenAI() as srv, pytest.raises(DistillError, match=r"no judge tells good from bad .*yes 0\.5"):
+        _run(tmp_path, srv, [{"name": "yes", "model": "fake"}])
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_off_trusts_every_judge(tmp_path):
+    with FakeOpenAI() as srv:
+        tally, meta = _run(tmp_path, srv, [{"name": "yes", "model": "fake"}], calibrate=False)
+        assert srv.n_requests == 4 + 4  # no control pairs asked
+    assert tally.n_out == 4 and meta["calibration"] == {} and meta["judges_used"] == ["yes"]
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    if not (ROOT / "models/base/config.json").is_file():
+        pytest.skip("models/base is not materialized (dvc repro base_model)")
+    return str(ROOT / "models/base")
+
+
+def test_grounding_gain_separates_grounded_from_off_topic_answers(base_model, tmp_path):
+    from sftpipe.distill.llm import RequestCache
+
+    passage = "Remove duplicates before you split the data, so the test score measures skill."
+    ask = {"instruction": "When should duplicates be removed?", "input": ""}
+    grounded = {**ask, "response": "Before you split the data, so the test score measures skill."}
+    off = {**ask, "response": "Our service is available 24/7 and our staff are happy to help."}
+    params = GroundingParams(model=base_model, max_tokens=128)
+    cache = RequestCache(tmp_path / "c.sqlite")
+    first = gains(params, [(passage, grounded), (passage, off)], cache)
+    assert first[0] > 1.0 > first[1] and first[0] - first[1] > 1.0
+    assert len(cache) == 2 and gains(params, [(passage, off)], cache) == first[1:]  # from the cache
+    cache.close()
+
+
+def test_missing_base_model_is_one_clear_line(tmp_path):
+    with FakeOpenAI() as srv, pytest.raises(DistillError, match="distill.grounding.model: no model in"):
+        _run(tmp_path, srv, [{"name": "yes", "model": "fake"}], grounding={"model": str(tmp_path / "none")})

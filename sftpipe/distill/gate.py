@@ -83,11 +83,14 @@ def judge_gate(params: DistillParams, controls: list[Unit]) -> tuple[dict[str, d
 def decide(unit: Unit, used: list[str], params: DistillParams) -> str:
     """The unit's status: kept, or why not (judge_failed, low_score, too_few_votes, ungrounded)."""
     if used:
-        valid = [unit.verdicts[n]["weighted"] for n in used if "weighted" in unit.verdicts.get(n, {})]
-        if not valid:
+        scored = [unit.verdicts[n] for n in used if "weighted" in unit.verdicts.get(n, {})]
+        if not scored:
             return "judge_failed"
+        valid = [v["weighted"] for v in scored]
         threshold = params.min_score_threshold
         unit.score = round(sum(valid) / len(valid), 4)
+        dims = scored[0]["scores"]
+        unit.dimension_scores = {d: round(sum(v["scores"][d] for v in scored) / len(scored), 4) for d in dims}
         unit.votes = sum(v >= threshold for v in valid)
         if unit.score < threshold:
             return "low_score"

@@ -30,7 +30,7 @@ def json_objects(text: str) -> list[dict]:
             if text[m.start()] == "{" and (block := _balanced(text, m.start())):
                 try:
                     obj = ast.literal_eval(block)
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                     continue
             else:
                 continue

@@ -167,7 +167,8 @@ class Unit:
     pair: dict | None = None
     status: str = ""
     verdicts: dict[str, dict] = field(default_factory=dict)  # judge name -> scores or error
-    score: float | None = None  # mean weighted score over the judges that gave one
+    score: float | None = None  # mean weighted score over the judges used that gave one
+    dimension_scores: dict[str, float] | None = None  # per dimension, mean over those judges
     votes: int = 0  # judges whose weighted score reached the threshold
     grounding: float | None = None  # the passage's log-likelihood gain (grounding.py)
     control: Control | None = None  # a control pair: judged, never generated nor exported
@@ -223,7 +224,7 @@ class _Run:
         unit.verdicts[name] = {**verdict, "weighted": weighted(verdict["scores"], self.p.weights)}
 
     async def unit(self, unit: Unit) -> Unit:
-        if unit.control is None:
+        if unit.pair is None:  # a control, or a pair given to `score`, is judged as it is
             unit.reply = await self.gen.complete(self.gen_request(unit))
             try:
                 unit.pair, unit.status = parse_pair(unit.reply), "ok"
@@ -315,7 +316,7 @@ def check_errors(clients: Clients, params: DistillParams) -> None:
             )
 
 
-def _control_units(params: DistillParams, chunks: list[Chunk], start: int) -> list[Unit]:
+def control_units(params: DistillParams, chunks: list[Chunk], start: int) -> list[Unit]:
     if not params.calibrate:
         return []
     order = sorted(chunks, key=lambda c: hashlib.blake2b(c.id.encode(), digest_size=8).digest())
@@ -331,24 +332,19 @@ def _ground(params: DistillParams, units: list[Unit], cache: RequestCache | None
         unit.grounding = gain
 
 
-def distill(params: DistillParams, seed: int, out_dir: str | Path) -> tuple[Tally, dict]:
-    """Run the stage: write records, generated_raw, scored, controls, rejected and metadata into
-    `out_dir` (atomically); return the tally and the metadata."""
-    slices = read_slices(params.slices) if params.enabled else []
-    chunks = chunks_of(slices, params.chunk_chars)
-    if params.enabled:  # fail on a bad template or a missing key before starting any server
-        template(params, False)
-        template(params, True)
-        for name, spec in _endpoints(params):
-            read_key(name, spec)
-        if params.grounding.enabled:
-            check_model(params.grounding)
-    n = params.samples_per_slice
+def preflight(params: DistillParams) -> None:
+    """Fail on a bad template, a missing key or a missing grounding model before starting any server."""
+    template(params, False)
+    template(params, True)
+    for name, spec in _endpoints(params):
+        read_key(name, spec)
+    if params.grounding.enabled:
+        check_model(params.grounding)
 
-    def make_units() -> list[Unit]:
-        real = [Unit(i, c, s) for i, (c, s) in enumerate((c, s) for c in chunks for s in range(n))]
-        return real + _control_units(params, chunks, len(real)) if real else []
 
+def score(params: DistillParams, seed: int, make_units) -> tuple[list[Unit], dict, list[str]]:
+    """Generate (units without a pair), judge and ground every unit, measure the judges on the
+    control units, and decide each other unit: (units, calibration report, judges used)."""
     units = make_units()
     if units:
         cache = RequestCache(cache_file(params.cache_dir)) if params.cache_dir else None
@@ -366,6 +362,23 @@ def distill(params: DistillParams, seed: int, out_dir: str | Path) -> tuple[Tall
     for u in units:
         if u.pair is not None and u.control is None:
             u.status = decide(u, used, params)
+    return units, calibration, used
+
+
+def distill(params: DistillParams, seed: int, out_dir: str | Path) -> tuple[Tally, dict]:
+    """Run the stage: write records, generated_raw, scored, controls, rejected and metadata into
+    `out_dir` (atomically); return the tally and the metadata."""
+    slices = read_slices(params.slices) if params.enabled else []
+    chunks = chunks_of(slices, params.chunk_chars)
+    if params.enabled:
+        preflight(params)
+    n = params.samples_per_slice
+
+    def make_units() -> list[Unit]:
+        real = [Unit(i, c, s) for i, (c, s) in enumerate((c, s) for c in chunks for s in range(n))]
+        return real + control_units(params, chunks, len(real)) if real else []
+
+    units, calibration, used = score(params, seed, make_units)
     return _write(params, slices, chunks, units, out_dir, calibration, used)
 
 
@@ -434,6 +447,8 @@ def _record(u: Unit, pair: dict) -> Record:
         "score": u.score,
         "votes": u.votes,
     }
+    if u.score is not None:  # as the ShareGPT rows of the specification carry them
+        meta["avg_score"], meta["dimension_scores"] = u.score, u.dimension_scores
     if u.grounding is not None:
         meta["grounding"] = u.grounding
     if pair["input"]:
@@ -443,13 +458,20 @@ def _record(u: Unit, pair: dict) -> Record:
     return make_record(SOURCE, [message("user", user), message("assistant", pair["response"])], meta, u.key)
 
 
+def _mean(xs: list[float | None]) -> float | None:
+    found = [x for x in xs if x is not None]
+    return round(sum(found) / len(found), 4) if found else None
+
+
+def _dimension_means(units: list[Unit]) -> dict[str, float | None]:
+    """Per dimension, the mean over `units` of the judges' (used ones') mean score."""
+    dims = sorted({d for u in units for d in (u.dimension_scores or {})})
+    return {d: _mean([(u.dimension_scores or {}).get(d) for u in units]) for d in dims}
+
+
 def _kept_scores(units: list[Unit]) -> list[float]:
-    kept = []
-    for u in units:
-        if u.status == "kept":
-            assert u.score is not None  # `decide` scores every unit it keeps
-            kept.append(u.score)
-    return kept
+    """The judges' scores of the kept pairs (none when no judge's votes count)."""
+    return [u.score for u in units if u.status == "kept" and u.score is not None]
 
 
 def _metadata(params: DistillParams, slices, chunks, units: list[Unit], tally: Tally) -> dict:
@@ -491,6 +513,8 @@ def _metadata(params: DistillParams, slices, chunks, units: list[Unit], tally: T
         "scores": scores,
         "kept": tally.n_out,
         "mean_score_kept": round(sum(kept) / len(kept), 4) if kept else None,
+        "dimension_means_kept": _dimension_means([u for u in units if u.status == "kept"]),
+        "mean_grounding_kept": _mean([u.grounding for u in units if u.status == "kept"]),
         "min_score_threshold": params.min_score_threshold,
         "min_votes": params.min_votes,
     }

@@ -287,6 +287,8 @@ def test_end_to_end_accounts_for_every_slice_and_sample(tmp_path):
         "slice": "good", "slice_id": "good", "sample": 0, "score": 9.0, "votes": 2, "judges": ["cool", "hot"],
     }  # fmt: skip
     assert first["meta"]["slice_metadata"] == {"topic": "cleaning"}
+    assert first["meta"]["avg_score"] == 9.0  # what the specification's ShareGPT rows carry
+    assert first["meta"]["dimension_scores"] == dict.fromkeys(DIMENSIONS, 9.0)
     assert records[0]["messages"][1]["content"] != records[1]["messages"][1]["content"]  # own seed each
 
     raw = list(read_jsonl(out / "generated_raw.jsonl"))
@@ -311,6 +313,7 @@ def test_end_to_end_accounts_for_every_slice_and_sample(tmp_path):
     }  # fmt: skip
     assert meta["generation"] == {"invalid_pair": 2, "no_json": 2, "truncated": 2, "valid": 8}
     assert (meta["slices"], meta["chunks"], meta["units"], meta["kept"]) == (7, 7, 14, 2)
+    assert meta["dimension_means_kept"] == dict.fromkeys(sorted(DIMENSIONS), 9.0)
 
 
 def test_rerun_is_served_from_the_cache_and_byte_identical(tmp_path):

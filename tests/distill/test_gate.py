@@ -74,7 +74,10 @@ def test_calibration_keeps_the_good_judge_and_ignores_the_bad_one(tmp_path, caps
             tmp_path, srv, [{"name": "oracle", "model": "oracle"}, {"name": "yes", "model": "fake"}]
         )
     cal = meta["calibration"]
-    assert cal["oracle"]["auc"] == 1.0 and (cal["oracle"]["good"], cal["oracle"]["bad"]) == (3, 8)  # "b" has no tail
+    assert cal["oracle"]["auc"] == 1.0 and (cal["oracle"]["good"], cal["oracle"]["bad"]) == (
+        3,
+        8,
+    )  # "b" has no tail
     assert cal["yes"]["auc"] == 0.5
     assert meta["judges_used"] == ["oracle"]
     assert (
@@ -127,3 +130,75 @@ def test_grounding_gain_separates_grounded_from_off_topic_answers(base_model, tm
 def test_missing_base_model_is_one_clear_line(tmp_path):
     with FakeOpenAI() as srv, pytest.raises(DistillError, match="distill.grounding.model: no model in"):
         _run(tmp_path, srv, [{"name": "yes", "model": "fake"}], grounding={"model": str(tmp_path / "none")})
+
+
+def _score_cli(tmp_path, params: dict, pairs: list[dict]) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    import yaml
+
+    write_lines(tmp_path / "slices.jsonl", SLICES)
+    write_lines(tmp_path / "pairs.jsonl", [json.dumps(p) for p in pairs])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "distill": params}))
+    cmd = [sys.executable, "-m", "sftpipe.distill", "score", "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--slices", str(tmp_path / "slices.jsonl"), "--pairs", str(tmp_path / "pairs.jsonl")]
+    proc = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "scored.jsonl")], cwd=ROOT, capture_output=True, text=True
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_score_command_scores_given_pairs_and_measures_the_gate_on_labels(tmp_path):
+    pairs = [
+        {"slice": "a", "instruction": "What first?", "response": "Clean the data first.", "label": 1},
+        {"slice": "b", "instruction": "When?", "response": "Deduplicate before you split.", "label": 1},
+        {"slice": "a", "instruction": "What first?", "response": "Our service is open 24/7.", "label": 0},
+        {
+            "slice": "b",
+            "instruction": "When?",
+            "response": "Deduplicate before you",
+            "label": 0,
+            "note": "cut",
+        },
+    ]
+    with FakeOpenAI() as srv:
+        endpoint = {"base_url": srv.url, "backoff_s": 0.01}
+        params = make_params(
+            tmp_path,
+            srv.url,
+            judges=[
+                {"name": "oracle", "model": "oracle", **endpoint},
+                {"name": "yes", "model": "fake", **endpoint},
+            ],
+            calibrate=True,
+            min_votes=1,
+        ).model_dump()
+        code, out, err = _score_cli(tmp_path, params, pairs)
+        assert code == 0, err
+        assert srv.n_requests == 2 * (4 + 11)  # two judges, the pairs and the controls; nothing generated
+    summary = json.loads(out)
+    assert summary["pairs"] == 4 and summary["verdicts"] == {"kept": 2, "low_score": 2}
+    assert summary["judges_used"] == ["oracle"] and summary["calibration"]["yes"]["auc"] == 0.5
+    labelled = summary["labelled_auc"]
+    assert (labelled["oracle"], labelled["yes"], labelled["gate"]) == (1.0, 0.5, 1.0)
+    assert (labelled["kept_good"], labelled["kept_bad"], labelled["good"], labelled["bad"]) == (2, 0, 2, 2)
+    rows = list(read_jsonl(tmp_path / "scored.jsonl"))
+    assert [r["verdict"] for r in rows] == ["kept", "kept", "low_score", "low_score"]
+    assert rows[3]["note"] == "cut" and rows[3]["label"] == 0 and rows[0]["input"] == ""
+    assert rows[0]["judges"]["oracle"]["weighted"] == 9.0 and rows[0]["score"] == 9.0
+
+
+def test_score_command_names_a_bad_pair_line(tmp_path):
+    params = make_params(tmp_path, "http://127.0.0.1:9/v1").model_dump()
+    code, _, err = _score_cli(
+        tmp_path,
+        params,
+        [
+            {"slice": "a", "instruction": "Q", "response": "A"},
+            {"slice": "zz", "instruction": "Q", "response": "A"},
+        ],
+    )
+    assert code == 1 and "pairs.jsonl: line 2: slice 'zz' is not in" in err
+    code, _, err = _score_cli(tmp_path, params, [{"slice": "a", "instruction": "Q"}])
+    assert code == 1 and "pairs.jsonl: line 1: 'response' must be a non-empty string" in err

@@ -5,7 +5,8 @@ It answers like a tiny generator or judge, deterministically from the request:
 - a generator request (no "reviewer" in the system prompt) gets a pair about the passage; passages
   with markers get faulty answers: `[nojson]` prose, `[truncated]` JSON cut off with
   finish_reason "length", `[invalid]` JSON without a response;
-- a judge request gets scores: 9 each, or 2 each when the response contains `[bad]`, or prose
+- a judge request gets scores for the five default dimensions and any `- name: rubric` line of the
+  system prompt: 9 each, or 2 each when the response contains `[bad]`, or prose
   without JSON when it contains `[judgefail]`; with `[split]`, 9 from judges sampling at
   temperature <= 0.5 and 2 from the others;
 - a judge request to model "oracle" scores 9 only a response that is the passage's own text,
@@ -66,7 +67,9 @@ def answer(body: dict) -> tuple[str, str]:
             score = 9 if text in source and text.endswith((".", "!", "?")) else 2
         if "[split]" in response:  # judges disagree: the one sampling hotter scores low
             score = 9 if body.get("temperature", 0) <= 0.5 else 2
-        scores = dict.fromkeys(("accuracy", "completeness", "logicality", "helpfulness", "safety"), score)
+        dims = ["accuracy", "completeness", "logicality", "helpfulness", "safety"]
+        dims += re.findall(r"^- (\w+): ", system, re.M)  # custom dimensions from a rubric
+        scores = dict.fromkeys(dims, score)
         return json.dumps({"rationale": f"scored {score}", **scores}), "stop"
     if "[nojson]" in passage:
         return "Here is a question: what is this about? And an answer: it is about data.", "stop"

@@ -7,6 +7,7 @@ import ast
 import contextlib
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from sftpipe.core.records import Drop
@@ -90,14 +91,14 @@ def parse_pair(reply: Reply) -> dict:
     raise Drop("truncated" if reply.finish_reason == "length" else "no_json")
 
 
-def parse_verdict(reply: Reply) -> dict:
+def parse_verdict(reply: Reply, dimensions: Iterable[str] = DIMENSIONS) -> dict:
     """{"scores": {dimension: 0-10}, "rationale"} from a judge reply; else Drop(why not)."""
     if not reply.ok:
         raise Drop(f"request_failed:{reply.error}")
     objects = json_objects(reply.content)
     for obj in objects + [v for o in objects for v in o.values() if isinstance(v, dict)]:
         lower = {str(k).strip().lower(): v for k, v in obj.items()}
-        scores = {d: _score(lower.get(d)) for d in DIMENSIONS}
+        scores = {d: _score(lower.get(d.lower())) for d in dimensions}
         if all(v is not None for v in scores.values()):
             rationale = next((v for o in objects for k, v in o.items() if k.lower() == "rationale"), "")
             return {"scores": scores, "rationale": rationale if isinstance(rationale, str) else ""}
@@ -118,4 +119,4 @@ def _score(value: Any) -> float | None:
 
 
 def weighted(scores: dict, weights: dict[str, float]) -> float:
-    return round(sum(weights[d] * scores[d] for d in DIMENSIONS) / sum(weights.values()), 4)
+    return round(sum(weights[d] * scores[d] for d in weights) / sum(weights.values()), 4)

@@ -50,6 +50,7 @@ from sftpipe.distill.prompts import (
     SYSTEM_PROMPT,
     fill,
     pair_schema,
+    rubric,
     template,
     verdict_schema,
 )
@@ -102,7 +103,10 @@ class DistillParams(Section):
     judge_max_tokens: int = 160
     """Most tokens a judge may write per verdict."""
     weights: dict[str, float] = dict.fromkeys(DIMENSIONS, 1.0)
-    """Weight of each score dimension in a judge's weighted average."""
+    """The score dimensions and their weights in a judge's weighted average; a dimension not among
+    the five defaults needs a rubric."""
+    rubrics: dict[str, str] = {}
+    """Rubric text per dimension, sent to the judges (appended to judge_system_prompt); {} = none."""
     min_score_threshold: float = 4.0
     """Keep a pair when the judges' mean weighted score is at least this (0-10); 4 suits the 135M
     default judges, real judges deserve 7-8..."""
@@ -132,12 +136,14 @@ class DistillParams(Section):
     def _check(self) -> DistillParams:
         if self.chunk_chars < 100 or self.samples_per_slice < 1:
             raise ValueError("chunk_chars must be at least 100, samples_per_slice at least 1")
-        if (
-            set(self.weights) != set(DIMENSIONS)
-            or min(self.weights.values()) < 0
-            or not sum(self.weights.values())
-        ):
-            raise ValueError(f"weights: give a weight >= 0 for each of {', '.join(DIMENSIONS)}, not all 0")
+        if not self.weights or min(self.weights.values()) < 0 or not sum(self.weights.values()):
+            raise ValueError("weights: give a weight >= 0 for each score dimension, not all 0")
+        if unknown := sorted(set(self.rubrics) - set(self.weights)):
+            raise ValueError(
+                f"rubrics: {', '.join(unknown)} not in weights (add a weight for each dimension)"
+            )
+        if missing := sorted(set(self.weights) - set(DIMENSIONS) - set(self.rubrics)):
+            raise ValueError(f"rubrics: give a rubric for the custom dimension(s) {', '.join(missing)}")
         names = [j.name for j in self.judges]
         if not names or len(set(names)) != len(names) or "generator" in names:
             raise ValueError("judges: give at least one judge, with unique names other than 'generator'")
@@ -205,19 +211,20 @@ class _Run:
         values = {"content": unit.chunk.content, **unit.pair}
         req = {
             "messages": [
-                message("system", self.p.judge_system_prompt),
+                message("system", self.p.judge_system_prompt + rubric(self.p.rubrics)),
                 message("user", fill(self.judge_template, values)),
             ],
             "temperature": self.p.judge_temperature if spec.temperature is None else spec.temperature,
             "max_tokens": self.p.judge_max_tokens,
             "seed": seed_for(self.seed, "judge", name, unit.key),
         }
-        fmt = response_format(spec.structured_output, "verdict", verdict_schema())
+        fmt = response_format(spec.structured_output, "verdict", verdict_schema(self.p.weights))
         return {**req, "response_format": fmt} if fmt else req
 
     async def judge(self, name: str, unit: Unit) -> None:
         try:
-            verdict = parse_verdict(await self.judges[name].complete(self.judge_request(name, unit)))
+            reply = await self.judges[name].complete(self.judge_request(name, unit))
+            verdict = parse_verdict(reply, self.p.weights)
         except Drop as drop:
             unit.verdicts[name] = {"error": drop.reason}
             return
@@ -480,7 +487,7 @@ def _metadata(params: DistillParams, slices, chunks, units: list[Unit], tally: T
     for u in units:
         for name, v in u.verdicts.items():
             if "scores" in v:
-                for d in DIMENSIONS:
+                for d in params.weights:
                     per_judge[name][d].append(v["scores"][d])
                 per_judge[name]["weighted"].append(v["weighted"])
             else:

@@ -188,7 +188,13 @@ def test_read_slices_ids_and_errors(tmp_path):
 
 def test_params_are_checked():
     for bad, message in [
-        ({"weights": {"accuracy": 1.0}}, "weights: give a weight"),
+        ({"weights": {}}, "weights: give a weight"),
+        ({"weights": {"accuracy": 0.0}}, "weights: give a weight"),
+        (
+            {"weights": {"accuracy": 1.0, "clarity": 1.0}},
+            r"give a rubric for the custom dimension\(s\) clarity",
+        ),
+        ({"rubrics": {"clarity": "Clear?"}}, "rubrics: clarity not in weights"),
         ({"min_votes": 3}, "min_votes must be between 0 and the number of judges"),
         ({"judges": [{"name": "a"}, {"name": "a"}]}, "unique names"),
         ({"generator": {"max_concurrent": 0}}, "at least 1"),
@@ -730,3 +736,24 @@ def test_an_experiment_workspace_shares_the_cache_of_its_repo(tmp_path, monkeypa
         assert srv.n_requests == asked
     assert not (workspace / ".cache").exists()
     assert outputs(tmp_path / "first") == outputs(tmp_path / "queued") == outputs(tmp_path / "temp")
+
+
+def test_custom_dimensions_with_rubrics_reach_the_judges_and_the_scores(tmp_path):
+    bodies = []
+
+    def keep(body, n):
+        bodies.append(body)
+        return "ok"
+
+    weights = {"accuracy": 2.0, "clarity": 1.0}
+    rubrics = {"accuracy": "Agrees with the passage.", "clarity": "Plain words, short sentences."}
+    with FakeOpenAI(keep) as srv:
+        params = make_params(tmp_path, srv.url, weights=weights, rubrics=rubrics)
+        tally, meta = distill(params, 1, tmp_path / "out")
+    assert tally.as_dict() == EXPECTED
+    system = next(b["messages"][0]["content"] for b in bodies if "reviewer" in b["messages"][0]["content"])
+    assert system.endswith("- accuracy: Agrees with the passage.\n- clarity: Plain words, short sentences.")
+    record = next(read_jsonl(tmp_path / "out" / "records.jsonl"))
+    assert record["meta"]["scores"]["cool"] == {"accuracy": 9, "clarity": 9}
+    assert record["meta"]["dimension_scores"] == {"accuracy": 9.0, "clarity": 9.0}
+    assert set(meta["scores"]["cool"]["mean"]) == {"accuracy", "clarity", "weighted"}

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def _separation(units: list[Unit], score) -> dict[str, Any]:
-    good, bad = [], []
+    good: list[float] = []
+    bad: list[float] = []
     for u in units:
         assert u.control is not None  # only control units are measured
         value = score(u)

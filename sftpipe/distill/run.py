@@ -333,9 +333,9 @@ def control_units(params: DistillParams, chunks: list[Chunk], start: int) -> lis
 
 
 def _ground(params: DistillParams, units: list[Unit], cache: RequestCache | None) -> None:
-    todo = [u for u in units if u.pair is not None]
-    found = gains(params.grounding, [(u.chunk.content, u.pair) for u in todo], cache)
-    for unit, gain in zip(todo, found, strict=True):
+    todo = [(u, u.pair) for u in units if u.pair is not None]
+    found = gains(params.grounding, [(u.chunk.content, pair) for u, pair in todo], cache)
+    for (unit, _), gain in zip(todo, found, strict=True):
         unit.grounding = gain
 
 

@@ -98,7 +98,8 @@ def score_pairs(params: DistillParams, seed: int, slices: str, pairs: str, out: 
         for u, row in zip(given, rows, strict=True):
             extra = {k: v for k, v in row.items() if k not in FIELDS and k != "_pos"}
             judging = {"judges": dict(sorted(u.verdicts.items())), "score": u.score, "votes": u.votes}
-            writer.write({"slice": row["slice"], **u.pair, **extra, **judging, "grounding": u.grounding,
+            pair = {k: row[k].strip() for k in FIELDS[1:]}
+            writer.write({"slice": row["slice"], **pair, **extra, **judging, "grounding": u.grounding,
                           "verdict": u.status})  # fmt: skip
     names = [j.name for j in params.judges]
     return {

@@ -41,7 +41,7 @@ HF_COLUMNS = ("id", "source", "cluster", "copy", "text", "input_ids", "attention
 JSONL_COLUMNS = {
     "prompt_completion": ("id", "prompt", "completion"),
     "text": ("id", "text"),
-    "sharegpt": ("id", "messages"),
+    "sharegpt": ("id", "messages", "meta"),
     "alpaca": ("id", "messages", "meta"),
     "messages": ("id", "messages"),
 }
@@ -164,10 +164,13 @@ def _jsonl_row(r: dict, fmt: str, messages: list[dict] | None) -> dict:
     if messages is None:  # the sharegpt and alpaca formats read the messages column
         raise ValueError(f"export format {fmt}: the row has no messages")
     if fmt == "sharegpt":
-        return {
+        row = {
             "id": r["id"],
             "conversations": [{"from": SHAREGPT_ROLE[m["role"]], "value": m["content"]} for m in messages],
         }
+        # Distilled rows carry their judges' scores, as the specification's ShareGPT rows do.
+        meta = orjson.loads(r["meta"])
+        return {**row, **{k: meta[k] for k in ("avg_score", "dimension_scores") if k in meta}}
     return {"id": r["id"], **_alpaca(messages, orjson.loads(r["meta"]))}
 
 

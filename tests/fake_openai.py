@@ -17,7 +17,8 @@ It answers like a tiny generator or judge, deterministically from the request:
 
 `behaviour(body, n)` (n = how many times this exact request was seen before) injects HTTP faults:
 return "ok", ("status", code[, retry_after[, message]]), ("sleep", seconds), "malformed" (invalid JSON body),
-"empty" (a well-formed answer with empty content),
+"empty" (a well-formed answer with empty content). A request with `logprobs: true` gets
+token log-probabilities (`token_logprobs`).
 "truncated" (valid JSON cut in half), "short" (Content-Length larger than the body, then close).
 
 In a thread: `with FakeOpenAI(behaviour) as srv: srv.url ...`. As a process that a test can
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -87,6 +89,21 @@ def answer(body: dict) -> tuple[str, str]:
     return text, "stop"
 
 
+# A judge unsure of its digits: a sampled 9 had 8 and 2 as alternatives, a sampled 2 had 3 and 9.
+_ALTERNATIVES = {"9": {"9": 0.6, "8": 0.3, "2": 0.1}, "2": {"2": 0.7, "3": 0.2, "9": 0.1}}
+
+
+def token_logprobs(content: str) -> list[dict]:
+    """OpenAI-style `logprobs.content` for `content`, one token per digit and per run of other
+    characters; digits get the alternatives of `_ALTERNATIVES` (expected 9 -> 8.0, 2 -> 2.9)."""
+    out = []
+    for token in re.findall(r"\d|\D+", content):
+        top = _ALTERNATIVES.get(token, {token: 1.0})
+        alts = [{"token": t, "logprob": math.log(p)} for t, p in top.items()]
+        out.append({"token": token, "logprob": alts[0]["logprob"], "top_logprobs": alts})
+    return out
+
+
 def _pairwise(user: str) -> str:
     """A pairwise judge's verdict: the answer holding `[good]` wins, `[[C]]` (a tie) when both or
     neither do; a question holding `[first]` always gets `[[A]]` (a judge biased to position)."""
@@ -140,19 +157,16 @@ class _Handler(BaseHTTPRequestHandler):
             error = {"error": {"message": text, "type": "fake", "code": action[1]}}
             return self._send(action[1], json.dumps(error).encode(), headers)
         content, finish = ("", "stop") if action == "empty" else answer(body)
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": token_logprobs(content)}
         payload = json.dumps(
             {
                 "id": f"chatcmpl-{key}",
                 "object": "chat.completion",
                 "created": 0,
                 "model": body.get("model", "fake"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                    }
-                ],
+                "choices": [choice],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
         ).encode()

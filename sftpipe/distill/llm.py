@@ -159,6 +159,7 @@ class Reply:
     error: str | None = None  # rate_limited, http_<status>, timeout, connection, bad_response, empty_reply
     cached: bool = False
     detail: str = ""  # the server's error body (secrets scrubbed), for the failure message
+    logprobs: tuple | None = None  # ((token, {alternative: logprob}), ...) when the server sent them
 
     def as_dict(self) -> dict:
         return {
@@ -305,14 +306,15 @@ class LLMClient:
         key = RequestCache.key(self.endpoint.identity, request) if cache is not None else None
         if cache is not None and key is not None and (hit := cache.get(key)) is not None:
             self.stats["cache_hits"] += 1
-            return Reply(True, hit["content"], hit.get("finish_reason"), cached=True)
+            top = _top(hit.get("logprobs"))
+            return Reply(True, hit["content"], hit.get("finish_reason"), cached=True, logprobs=top)
         if self.cache_only:
             self.stats["misses"] += 1
             return Reply(False, error="not_cached")
         failure = _Retry("unknown")
         for attempt in range(1, self.spec.max_attempts + 1):
             try:
-                content, finish = await self._attempt(request)
+                content, finish, logprobs = await self._attempt(request)
             except _Retry as exc:
                 failure = exc
                 self.stats[f"error:{exc.reason}"] += 1
@@ -323,8 +325,9 @@ class LLMClient:
                     await asyncio.sleep(self._delay(attempt, exc.after))
                 continue
             if cache is not None and key is not None:
-                cache.put(key, {"content": content, "finish_reason": finish})
-            return Reply(True, content, finish)
+                answer = {"content": content, "finish_reason": finish}
+                cache.put(key, {**answer, "logprobs": logprobs} if logprobs is not None else answer)
+            return Reply(True, content, finish, logprobs=_top(logprobs))
         self.stats["failed"] += 1
         detail = scrub(scrub(failure.detail, [k for k in [self.endpoint.api_key] if k]))
         self.first_error = self.first_error or (failure.reason, detail)
@@ -337,7 +340,7 @@ class LLMClient:
         # Full jitter spreads out clients that failed together (e.g. after a server restart).
         return base * (0.5 + random.random() / 2)
 
-    async def _attempt(self, request: dict) -> tuple[str, str | None]:
+    async def _attempt(self, request: dict) -> tuple[str, str | None, list | None]:
         import openai
 
         async with self._server_slots, self._slots:
@@ -372,9 +375,30 @@ def _body(exc: Any) -> str:
         return ""
 
 
-def _parse_completion(body: str) -> tuple[str, str | None]:
-    """The first choice's text and finish reason from a chat-completions body, or a retry; an
-    empty answer is retried (and never cached): servers send one when overloaded or misconfigured."""
+def _top(logprobs: list | None) -> tuple | None:
+    """Token log-probabilities as ((token, {alternative: logprob}), ...)."""
+    if not logprobs:
+        return None
+    return tuple((t, dict(alts)) for t, alts in logprobs)
+
+
+def _logprobs(choice: dict) -> list | None:
+    """[[token, [[alternative, logprob], ...]], ...] from a choice's `logprobs.content`, when the
+    server sent them (asked with `logprobs: true, top_logprobs: n`)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not isinstance(content, list):
+        return None
+    return [
+        [t["token"], [[a["token"], a["logprob"]] for a in t.get("top_logprobs") or []]]
+        for t in content
+        if isinstance(t, dict) and isinstance(t.get("token"), str)
+    ]
+
+
+def _parse_completion(body: str) -> tuple[str, str | None, list | None]:
+    """The first choice's text, finish reason and token log-probabilities (None unless sent) from
+    a chat-completions body, or a retry; an empty answer is retried (and never cached): servers
+    send one when overloaded or misconfigured."""
     try:
         data = json.loads(body)
         choice = data["choices"][0]
@@ -385,7 +409,11 @@ def _parse_completion(body: str) -> tuple[str, str | None]:
         raise _Retry("bad_response", detail=body[:500]) from None
     if not content.strip():
         raise _Retry("empty_reply", detail=body[:500])
-    return content, choice.get("finish_reason")
+    try:
+        logprobs = _logprobs(choice)
+    except (KeyError, TypeError, AttributeError):
+        logprobs = None  # malformed log-probabilities: the sampled answer still stands
+    return content, choice.get("finish_reason"), logprobs
 
 
 def _retry_after(headers) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -120,3 +121,31 @@ def _score(value: Any) -> float | None:
 
 def weighted(scores: dict, weights: dict[str, float]) -> float:
     return round(sum(weights[d] * scores[d] for d in weights) / sum(weights.values()), 4)
+
+
+_KEY_BEFORE = re.compile(r'"([A-Za-z_][\w ]*)"\s*:\s*$')
+
+
+def expected_scores(logprobs: tuple, dimensions: Iterable[str]) -> dict[str, float]:
+    """Per dimension, the expected score over 0-10 at the token where the judge wrote its value:
+    the probabilities of the digit alternatives there, renormalised. Steadier than the one number
+    sampled. A "1" that the judge followed with "0" counts as 10. Dimensions not found are left out."""
+    wanted = {d.lower(): d for d in dimensions}
+    out: dict[str, float] = {}
+    text = ""
+    for i, (token, top) in enumerate(logprobs):
+        key = _KEY_BEFORE.search(text)
+        text += token
+        name = wanted.get(key.group(1).strip().lower()) if key else None
+        if name is None or name in out or not token.strip()[:1].isdigit():
+            continue
+        ten = token.strip() == "1" and i + 1 < len(logprobs) and logprobs[i + 1][0].startswith("0")
+        mass: dict[int, float] = {}
+        for alt, logprob in top.items():
+            alt = alt.strip()
+            if alt.isdigit() and int(alt) <= 10:
+                value = 10 if ten and alt == "1" else int(alt)
+                mass[value] = mass.get(value, 0.0) + math.exp(logprob)
+        if total := sum(mass.values()):
+            out[name] = round(sum(v * p for v, p in mass.items()) / total, 4)
+    return out

@@ -41,7 +41,7 @@ from sftpipe.distill.llm import (
     server_limits,
     server_of,
 )
-from sftpipe.distill.parse import parse_pair, parse_verdict, weighted
+from sftpipe.distill.parse import expected_scores, parse_pair, parse_verdict, weighted
 from sftpipe.distill.prompts import (
     DIMENSIONS,
     JUDGE_PROMPT,
@@ -58,6 +58,7 @@ from sftpipe.distill.slices import Chunk, DistillError, chunks_of, read_slices
 from sftpipe.runtime.tracking import repo_root
 
 SOURCE = "distill"
+LOGPROB_ALTERNATIVES = 20  # top_logprobs asked for (OpenAI's most)
 
 
 class JudgeSpec(EndpointSpec):
@@ -67,6 +68,9 @@ class JudgeSpec(EndpointSpec):
     """Judge name, used in scores and reports."""
     temperature: float | None = None
     """Sampling temperature of this judge; null = distill.judge_temperature."""
+    logprob_scores: bool = False
+    """Ask for token log-probabilities and score each dimension by its expected value over 0-10
+    (where the server returns them; otherwise the sampled number stands)."""
 
 
 class DistillParams(Section):
@@ -218,6 +222,8 @@ class _Run:
             "max_tokens": self.p.judge_max_tokens,
             "seed": seed_for(self.seed, "judge", name, unit.key),
         }
+        if spec.logprob_scores:
+            req.update(logprobs=True, top_logprobs=LOGPROB_ALTERNATIVES)
         fmt = response_format(spec.structured_output, "verdict", verdict_schema(self.p.weights))
         return {**req, "response_format": fmt} if fmt else req
 
@@ -228,6 +234,10 @@ class _Run:
         except Drop as drop:
             unit.verdicts[name] = {"error": drop.reason}
             return
+        if self.specs[name].logprob_scores and reply.logprobs:
+            expected = expected_scores(reply.logprobs, self.p.weights)
+            verdict["sampled"] = verdict["scores"]
+            verdict["scores"] = {**verdict["scores"], **expected}
         unit.verdicts[name] = {**verdict, "weighted": weighted(verdict["scores"], self.p.weights)}
 
     async def unit(self, unit: Unit) -> Unit:

@@ -202,3 +202,41 @@ def test_score_command_names_a_bad_pair_line(tmp_path):
     assert code == 1 and "pairs.jsonl: line 2: slice 'zz' is not in" in err
     code, _, err = _score_cli(tmp_path, params, [{"slice": "a", "instruction": "Q"}])
     assert code == 1 and "pairs.jsonl: line 1: 'response' must be a non-empty string" in err
+
+
+def test_expected_scores_from_token_logprobs():
+    import math
+
+    from sftpipe.distill.parse import expected_scores
+
+    def tok(token, **alts):
+        return (token, {t: math.log(p) for t, p in (alts or {token: 1.0}).items()})
+
+    logprobs = (
+        tok('{"rationale": "scored 9", "accuracy": '),
+        tok("9", **{"9": 0.5, "7": 0.5}),
+        tok(', "safety": '),
+        tok("1", **{"1": 0.8, "9": 0.2}),
+        tok("0"),
+        tok(', "clarity": "'),
+        tok("3"),
+        tok('"}'),
+    )
+    got = expected_scores(logprobs, ["accuracy", "safety", "clarity", "missing"])
+    # a "1" followed by "0" is a 10; a quoted value is still the value; absent dimensions stay out
+    assert got == {"accuracy": 8.0, "safety": 9.8}
+
+
+def test_logprob_judges_score_by_expected_value(tmp_path):
+    write_lines(tmp_path / "slices.jsonl", [json.dumps({"id": "a", "content": "Keep it. [bad]"}),
+                                            json.dumps({"id": "b", "content": "Keep this."})])  # fmt: skip
+    with FakeOpenAI() as srv:
+        endpoint = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01}
+        judges = [{"name": "lp", "logprob_scores": True, **endpoint}, {"name": "plain", **endpoint}]
+        params = make_params(tmp_path, srv.url, judges=judges, samples_per_slice=1, min_votes=1)
+        distill(params, 1, tmp_path / "out")
+        assert srv.n_requests == 2 + 4
+    scored = {r["slice"]: r["judges"] for r in read_jsonl(tmp_path / "out" / "scored.jsonl")}
+    assert scored["b"]["lp"]["scores"]["accuracy"] == 8.0 and scored["b"]["lp"]["sampled"]["accuracy"] == 9
+    assert scored["a"]["lp"]["weighted"] == 2.9 and scored["a"]["plain"]["weighted"] == 2.0
+    assert "sampled" not in scored["b"]["plain"]

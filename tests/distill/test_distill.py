@@ -624,6 +624,8 @@ def test_real_local_model_end_to_end(tmp_path):
             "generator": local,
             "judges": [{"name": "judge", **local}],
             "min_score_threshold": 0.0,
+            "calibrate": False,  # this test is about the grammar-constrained JSON, not the gate
+            "grounding": {"enabled": False},
         }
     )
     tally, meta = distill(params, 42, tmp_path / "out")

@@ -240,3 +240,34 @@ def test_logprob_judges_score_by_expected_value(tmp_path):
     assert scored["b"]["lp"]["scores"]["accuracy"] == 8.0 and scored["b"]["lp"]["sampled"]["accuracy"] == 9
     assert scored["a"]["lp"]["weighted"] == 2.9 and scored["a"]["plain"]["weighted"] == 2.0
     assert "sampled" not in scored["b"]["plain"]
+
+
+@pytest.mark.slow
+def test_real_local_default_gate_keeps_no_bad_control_it_can_see(base_model, tmp_path):
+    """The default gate on the real local server and base model, 2 shipped slices, 1 sample: each
+    judge is measured, and the grounding gate would keep every good control and no off-topic or
+    other-slice one (truncated and negated copies still gain: only a calibrated judge sees them)."""
+    pytest.importorskip("llama_cpp")
+    slices = [json.loads(line) for line in (ROOT / "data/knowledge/slices.jsonl").open()][:2]
+    write_lines(tmp_path / "slices.jsonl", [json.dumps(s) for s in slices])
+    from sftpipe.distill.run import DistillParams
+
+    params = DistillParams.model_validate(
+        {
+            "slices": str(tmp_path / "slices.jsonl"),
+            "samples_per_slice": 1,
+            "cache_dir": str(tmp_path / "cache"),
+            "grounding": {"model": base_model},
+            "max_error_rate": 0.0,
+        }
+    )
+    tally, meta = distill(params, 42, tmp_path / "out")
+    assert set(meta["calibration"]) == {"judge-a", "judge-b", "grounding"}
+    min_gain = params.grounding.min_gain
+    controls = list(read_jsonl(tmp_path / "out" / "controls.jsonl"))
+    assert len(controls) == 12
+    assert all(c["grounding"] >= min_gain for c in controls if c["label"] == 1)
+    assert all(c["grounding"] < min_gain for c in controls if c["kind"] in ("off_topic", "other_slice"))
+    for record in read_jsonl(tmp_path / "out" / "records.jsonl"):
+        assert record["meta"]["grounding"] >= min_gain
+    assert tally.n_out + sum(tally.dropped.values()) == 2

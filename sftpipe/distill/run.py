@@ -1,11 +1,15 @@
 """distill: knowledge slices -> instruction-response pairs written by a generator LLM, scored by
-several judge LLMs, the good ones kept as canonical records (source "distill").
+several judge LLMs and the grounding gate, the good ones kept as canonical records (source
+"distill").
 
 Every slice (after chunking) x sample is one unit of accounting: `in` = slices x samples,
 `expanded` = extra chunks x samples, `out` = kept pairs, and each other unit is dropped with its
 reason (generation_failed, truncated, no_json, invalid_pair, judge_failed, low_score,
-too_few_votes). Outputs are ordered by slice and sample, never by completion order, and every
-answer comes from the request cache on a re-run, so the same inputs give the same bytes.
+too_few_votes, ungrounded). Control pairs (controls.py) are judged beside them to measure each
+judge (gate.py), written to controls.jsonl, never counted or exported. Outputs are ordered by
+slice and sample, never by completion order, and every answer (and grounding gain) comes from the
+request cache on a re-run, so the same inputs give the same bytes. When more than
+`max_error_rate` of one endpoint's requests fail, the stage fails and writes nothing.
 """
 
 from __future__ import annotations

@@ -123,6 +123,7 @@ def weighted(scores: dict, weights: dict[str, float]) -> float:
     return round(sum(weights[d] * scores[d] for d in weights) / sum(weights.values()), 4)
 
 
+_NUMBER = re.compile(r"[0-9]{1,2}")  # ASCII digits only: str.isdigit() also takes "²"
 _KEY_BEFORE = re.compile(r'"([A-Za-z_][\w ]*)"\s*:\s*$')
 
 
@@ -137,13 +138,13 @@ def expected_scores(logprobs: tuple, dimensions: Iterable[str]) -> dict[str, flo
         key = _KEY_BEFORE.search(text)
         text += token
         name = wanted.get(key.group(1).strip().lower()) if key else None
-        if name is None or name in out or not token.strip()[:1].isdigit():
+        if name is None or name in out or not _NUMBER.match(token.strip()):
             continue
         ten = token.strip() == "1" and i + 1 < len(logprobs) and logprobs[i + 1][0].startswith("0")
         mass: dict[int, float] = {}
         for alt, logprob in top.items():
             alt = alt.strip()
-            if alt.isdigit() and int(alt) <= 10:
+            if _NUMBER.fullmatch(alt) and int(alt) <= 10:
                 value = 10 if ten and alt == "1" else int(alt)
                 mass[value] = mass.get(value, 0.0) + math.exp(logprob)
         if total := sum(mass.values()):

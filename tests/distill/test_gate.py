@@ -214,7 +214,7 @@ def test_expected_scores_from_token_logprobs():
 
     logprobs = (
         tok('{"rationale": "scored 9", "accuracy": '),
-        tok("9", **{"9": 0.5, "7": 0.5}),
+        tok("9", **{"9": 0.5, "7": 0.5, "²": 0.1, "x": 0.1}),  # not digits 0-10: left out
         tok(', "safety": '),
         tok("1", **{"1": 0.8, "9": 0.2}),
         tok("0"),

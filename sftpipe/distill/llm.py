@@ -82,8 +82,7 @@ class EndpointSpec(Section):
         # message, and the value may be a pasted key.
         if value is not None and (
             not _ENV_NAME.fullmatch(value)
-            or _KEY_PREFIX.match(value)
-            and not value.isupper()
+            or (_KEY_PREFIX.match(value) and not value.isupper())
             or (len(value) >= 24 and not value.isupper() and any(c.isdigit() for c in value))
         ):
             raise SecretInParams(
@@ -343,7 +342,8 @@ class LLMClient:
     async def _attempt(self, request: dict) -> tuple[str, str | None, list | None]:
         import openai
 
-        async with self._server_slots, self._slots:
+        # The entry's own slot first: waiting for it must not hold one of the server's.
+        async with self._slots, self._server_slots:
             with self.balancer.pick() as i:
                 self.stats["requests"] += 1
                 try:

@@ -1,8 +1,9 @@
 """distill: generate instruction-response pairs from knowledge slices with an LLM, score them with
 LLM judges, keep the good ones as canonical records (source "distill").
 
-Writes data/interim/distill/{records,generated_raw,scored,rejected}.jsonl + metadata.json and
-reports/distill.json. With no base_url configured it runs a local llama.cpp server for the models.
+Writes data/interim/distill/{records,generated_raw,scored,controls,rejected}.jsonl + metadata.json
+and reports/distill.json (with each judge's AUC on the control pairs). With no base_url configured
+it runs a local llama.cpp server for the models; the grounding gate reads models/base.
 """
 
 import argparse
@@ -28,6 +29,8 @@ def main() -> None:
         chunks=metadata["chunks"],
         samples_per_slice=metadata["samples_per_slice"],
         mean_score_kept=metadata["mean_score_kept"],
+        calibration=metadata.get("calibration", {}),
+        judges_used=metadata.get("judges_used", []),
     )
     dropped = sum(report["dropped"].values())
     print(f"distill: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}")

@@ -5,15 +5,20 @@ It answers like a tiny generator or judge, deterministically from the request:
 - a generator request (no "reviewer" in the system prompt) gets a pair about the passage; passages
   with markers get faulty answers: `[nojson]` prose, `[truncated]` JSON cut off with
   finish_reason "length", `[invalid]` JSON without a response;
-- a judge request gets scores: 9 each, or 2 each when the response contains `[bad]`, or prose
+- a judge request gets scores for the five default dimensions and any `- name: rubric` line of the
+  system prompt: 9 each, or 2 each when the response contains `[bad]`, or prose
   without JSON when it contains `[judgefail]`; with `[split]`, 9 from judges sampling at
   temperature <= 0.5 and 2 from the others;
+- a judge request to model "oracle" scores 9 only a response that is the passage's own text,
+  whole sentences (as the good control pairs of sftpipe.distill.controls are), else 2;
 - a pairwise judge request ("impartial judge" in the system prompt, as sftpipe.model.judge asks)
   gets `[[A]]`/`[[B]]` for the answer holding `[good]`, `[[C]]` (tie) otherwise, and always
   `[[A]]` when the question holds `[first]`.
 
 `behaviour(body, n)` (n = how many times this exact request was seen before) injects HTTP faults:
-return "ok", ("status", code[, retry_after]), ("sleep", seconds), "malformed" (invalid JSON body),
+return "ok", ("status", code[, retry_after[, message]]), ("sleep", seconds), "malformed" (invalid JSON body),
+"empty" (a well-formed answer with empty content). A request with `logprobs: true` gets
+token log-probabilities (`token_logprobs`).
 "truncated" (valid JSON cut in half), "short" (Content-Length larger than the body, then close).
 
 In a thread: `with FakeOpenAI(behaviour) as srv: srv.url ...`. As a process that a test can
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -58,9 +64,14 @@ def answer(body: dict) -> tuple[str, str]:
         if "[judgefail]" in response:
             return "I cannot score this.", "stop"
         score = 2 if "[bad]" in response else 9
+        if body.get("model") == "oracle":
+            text, source = " ".join(response.split()), " ".join(passage.split())
+            score = 9 if text in source and text.endswith((".", "!", "?")) else 2
         if "[split]" in response:  # judges disagree: the one sampling hotter scores low
             score = 9 if body.get("temperature", 0) <= 0.5 else 2
-        scores = dict.fromkeys(("accuracy", "completeness", "logicality", "helpfulness", "safety"), score)
+        dims = ["accuracy", "completeness", "logicality", "helpfulness", "safety"]
+        dims += re.findall(r"^- (\w+): ", system, re.M)  # custom dimensions from a rubric
+        scores = dict.fromkeys(dims, score)
         return json.dumps({"rationale": f"scored {score}", **scores}), "stop"
     if "[nojson]" in passage:
         return "Here is a question: what is this about? And an answer: it is about data.", "stop"
@@ -76,6 +87,21 @@ def answer(body: dict) -> tuple[str, str]:
     if "[truncated]" in passage:
         return text[: len(text) // 2], "length"
     return text, "stop"
+
+
+# A judge unsure of its digits: a sampled 9 had 8 and 2 as alternatives, a sampled 2 had 3 and 9.
+_ALTERNATIVES = {"9": {"9": 0.6, "8": 0.3, "2": 0.1}, "2": {"2": 0.7, "3": 0.2, "9": 0.1}}
+
+
+def token_logprobs(content: str) -> list[dict]:
+    """OpenAI-style `logprobs.content` for `content`, one token per digit and per run of other
+    characters; digits get the alternatives of `_ALTERNATIVES` (expected 9 -> 8.0, 2 -> 2.9)."""
+    out = []
+    for token in re.findall(r"\d|\D+", content):
+        top = _ALTERNATIVES.get(token, {token: 1.0})
+        alts = [{"token": t, "logprob": math.log(p)} for t, p in top.items()]
+        out.append({"token": token, "logprob": alts[0]["logprob"], "top_logprobs": alts})
+    return out
 
 
 def _pairwise(user: str) -> str:
@@ -126,23 +152,21 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(action[1])
             action = "ok"
         if isinstance(action, tuple) and action[0] == "status":
-            headers = {"Retry-After": str(action[2])} if len(action) > 2 else {}
-            error = {"error": {"message": f"fake {action[1]}", "type": "fake", "code": action[1]}}
+            headers = {"Retry-After": str(action[2])} if len(action) > 2 and action[2] is not None else {}
+            text = action[3] if len(action) > 3 else f"fake {action[1]}"
+            error = {"error": {"message": text, "type": "fake", "code": action[1]}}
             return self._send(action[1], json.dumps(error).encode(), headers)
-        content, finish = answer(body)
+        content, finish = ("", "stop") if action == "empty" else answer(body)
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": token_logprobs(content)}
         payload = json.dumps(
             {
                 "id": f"chatcmpl-{key}",
                 "object": "chat.completion",
                 "created": 0,
                 "model": body.get("model", "fake"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                    }
-                ],
+                "choices": [choice],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
         ).encode()

@@ -198,7 +198,9 @@ def _jsonl_row(r: dict, fmt: str, messages: list[dict] | None) -> dict:
         row = {"id": r["id"], "conversations": _sharegpt(messages)}
         if tools:
             row["tools"] = orjson.dumps([t["function"] for t in tools]).decode()
-        return row
+        # Distilled rows carry their judges' scores, as the specification's ShareGPT rows do.
+        meta = orjson.loads(r["meta"])
+        return {**row, **{k: meta[k] for k in ("avg_score", "dimension_scores") if k in meta}}
     return {"id": r["id"], **_alpaca(messages, orjson.loads(r["meta"]))}
 
 

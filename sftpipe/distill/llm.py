@@ -19,21 +19,33 @@ import hashlib
 import json
 import os
 import random
+import re
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import dumps
+from sftpipe.runtime.tracking import scrub
 
 StructuredOutput = Literal["llama_cpp", "openai", "json_mode", "off"]
+MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
+
+# An environment variable's name: letters, digits, underscores. A value that is not one, or that
+# looks like a key (a known key prefix, or long, mixed-case and with digits), is refused.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_KEY_PREFIX = re.compile(r"(sk|pk|rk|hf|gsk|xai|ghp|gho|AIza|AKIA|Bearer)[-_]?", re.I)
+
+
+class SecretInParams(SftpipeError):
+    """A key where the name of its environment variable belongs; the message never quotes it."""
 
 
 class EndpointSpec(Section):
@@ -56,7 +68,29 @@ class EndpointSpec(Section):
     backoff_max_s: float = 60.0
     """Longest delay between attempts, also the most of a `Retry-After` that is honoured."""
     structured_output: StructuredOutput = "llama_cpp"
-    """How to ask for JSON: llama_cpp (json_object + schema grammar), openai (json_schema), json_mode, off."""
+    """How to ask for JSON: llama_cpp (json_object + schema grammar), openai (json_schema: OpenAI,
+    vLLM), json_mode (json_object alone: DashScope, most hosted APIs), off."""
+    max_tokens_field: MaxTokensField = "max_tokens"
+    """Request field for the token limit: max_tokens, or max_completion_tokens (OpenAI o-series, GPT-5)."""
+    extra_body: dict[str, Any] = {}
+    """Extra request fields sent as they are, e.g. {enable_thinking: false} for DashScope Qwen3."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, value: str | None) -> str | None:
+        # Raised as a SecretInParams, not a ValueError: pydantic would quote the value back in its
+        # message, and the value may be a pasted key.
+        if value is not None and (
+            not _ENV_NAME.fullmatch(value)
+            or (_KEY_PREFIX.match(value) and not value.isupper())
+            or (len(value) >= 24 and not value.isupper() and any(c.isdigit() for c in value))
+        ):
+            raise SecretInParams(
+                "api_key_env: this looks like an API key, not the name of an environment variable: "
+                "put the key in the environment (or .env) and give the variable's name here, e.g. "
+                "OPENAI_API_KEY (and remove the key from params.yaml and its git history)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _positive(self) -> EndpointSpec:
@@ -121,8 +155,10 @@ class Reply:
     ok: bool
     content: str = ""
     finish_reason: str | None = None
-    error: str | None = None  # rate_limited, http_<status>, timeout, connection, bad_response
+    error: str | None = None  # rate_limited, http_<status>, timeout, connection, bad_response, empty_reply
     cached: bool = False
+    detail: str = ""  # the server's error body (secrets scrubbed), for the failure message
+    logprobs: tuple | None = None  # ((token, {alternative: logprob}), ...) when the server sent them
 
     def as_dict(self) -> dict:
         return {
@@ -164,12 +200,12 @@ class RequestCache:
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, after: float | None = None):
+    def __init__(self, reason: str, after: float | None = None, detail: str = ""):
         super().__init__(reason)
-        self.reason, self.after = reason, after
+        self.reason, self.after, self.detail = reason, after, detail
 
 
-class _Fatal(Exception):
+class _Fatal(_Retry):
     """A failure that a retry would only repeat (bad request, auth, unknown model)."""
 
 
@@ -202,11 +238,28 @@ class Balancer:
             self.inflight[i] -= 1
 
 
+def server_limits(specs: list[EndpointSpec], local_cap: int) -> dict[str, asyncio.Semaphore]:
+    """One semaphore per server (base URL), so several entries on one host (a generator and two
+    judges, say) share one cap: the largest `max_concurrent` among them. The local llama.cpp
+    servers run one request at a time each, so their cap is their number (`local_cap`)."""
+    caps: dict[str, int] = {}
+    for spec in specs:
+        key = server_of(spec)
+        caps[key] = local_cap if spec.base_url is None else max(caps.get(key, 1), spec.max_concurrent)
+    return {key: asyncio.Semaphore(cap) for key, cap in caps.items()}
+
+
+def server_of(spec: EndpointSpec) -> str:
+    return "local" if spec.base_url is None else spec.base_url.rstrip("/")
+
+
 class LLMClient:
     """Chat completions against one endpoint; `stats` counts requests, retries, cache hits, failures.
 
     `cache_only`: answer from the cache and nothing else; a miss comes back as a failed reply
     ("not_cached", counted in `stats["misses"]`) - to find out whether a run needs any server.
+    `server_slots`: a semaphore shared by the clients of one server (see `server_limits`); the
+    client's own `max_concurrent` still applies within it.
     """
 
     def __init__(
@@ -215,6 +268,7 @@ class LLMClient:
         cache: RequestCache | None = None,
         balancer: Balancer | None = None,
         cache_only: bool = False,
+        server_slots: asyncio.Semaphore | None = None,
     ):
         self.endpoint, self.spec, self.cache, self.cache_only = endpoint, endpoint.spec, cache, cache_only
         self.balancer = balancer or Balancer(len(endpoint.urls))
@@ -233,39 +287,50 @@ class LLMClient:
                 for url in endpoint.urls
             ]
         self._slots = asyncio.Semaphore(self.spec.max_concurrent)
+        # Shared by every client of the same server, so entries on one host share its cap.
+        self._server_slots = server_slots or asyncio.Semaphore(self.spec.max_concurrent)
         self.stats: Counter[str] = Counter()
+        self.first_error: tuple[str, str] | None = None  # (reason, scrubbed body) of the first failure
 
     async def complete(self, request: dict) -> Reply:
-        """One chat completion (`request` holds messages, temperature, seed...; the model is added)."""
+        """One chat completion (`request` holds messages, temperature, seed, max_tokens...; the
+        model, the endpoint's token-limit field and its extra_body are applied here)."""
+        self.stats["calls"] += 1
         request = {"model": self.spec.model, **request}
+        if "max_tokens" in request and self.spec.max_tokens_field != "max_tokens":
+            request[self.spec.max_tokens_field] = request.pop("max_tokens")
+        if self.spec.extra_body:
+            request["extra_body"] = self.spec.extra_body
         cache = self.cache
         key = RequestCache.key(self.endpoint.identity, request) if cache is not None else None
         if cache is not None and key is not None and (hit := cache.get(key)) is not None:
             self.stats["cache_hits"] += 1
-            return Reply(True, hit["content"], hit.get("finish_reason"), cached=True)
+            top = _top(hit.get("logprobs"))
+            return Reply(True, hit["content"], hit.get("finish_reason"), cached=True, logprobs=top)
         if self.cache_only:
             self.stats["misses"] += 1
             return Reply(False, error="not_cached")
-        reason = "unknown"
+        failure = _Retry("unknown")
         for attempt in range(1, self.spec.max_attempts + 1):
             try:
-                content, finish = await self._attempt(request)
-            except _Fatal as exc:
-                reason = str(exc)
-                self.stats[f"error:{reason}"] += 1
-                break
+                content, finish, logprobs = await self._attempt(request)
             except _Retry as exc:
-                reason = exc.reason
-                self.stats[f"error:{reason}"] += 1
+                failure = exc
+                self.stats[f"error:{exc.reason}"] += 1
+                if isinstance(exc, _Fatal):
+                    break
                 if attempt < self.spec.max_attempts:
                     self.stats["retries"] += 1
                     await asyncio.sleep(self._delay(attempt, exc.after))
                 continue
             if cache is not None and key is not None:
-                cache.put(key, {"content": content, "finish_reason": finish})
-            return Reply(True, content, finish)
+                answer = {"content": content, "finish_reason": finish}
+                cache.put(key, {**answer, "logprobs": logprobs} if logprobs is not None else answer)
+            return Reply(True, content, finish, logprobs=_top(logprobs))
         self.stats["failed"] += 1
-        return Reply(False, error=reason)
+        detail = scrub(scrub(failure.detail, [k for k in [self.endpoint.api_key] if k]))
+        self.first_error = self.first_error or (failure.reason, detail)
+        return Reply(False, error=failure.reason, detail=detail)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -274,25 +339,26 @@ class LLMClient:
         # Full jitter spreads out clients that failed together (e.g. after a server restart).
         return base * (0.5 + random.random() / 2)
 
-    async def _attempt(self, request: dict) -> tuple[str, str | None]:
+    async def _attempt(self, request: dict) -> tuple[str, str | None, list | None]:
         import openai
 
-        async with self._slots:
+        # The entry's own slot first: waiting for it must not hold one of the server's.
+        async with self._slots, self._server_slots:
             with self.balancer.pick() as i:
                 self.stats["requests"] += 1
                 try:
                     raw = await self._clients[i].chat.completions.with_raw_response.create(**request)
                     body = raw.text
                 except openai.RateLimitError as exc:
-                    raise _Retry("rate_limited", _retry_after(exc.response.headers)) from None
+                    raise _Retry("rate_limited", _retry_after(exc.response.headers), _body(exc)) from None
                 except openai.APIStatusError as exc:
-                    if exc.status_code >= 500 or exc.status_code in (408, 409):
-                        raise _Retry(f"http_{exc.status_code}", _retry_after(exc.response.headers)) from None
-                    raise _Fatal(f"http_{exc.status_code}") from None
+                    kind = _Retry if exc.status_code >= 500 or exc.status_code in (408, 409) else _Fatal
+                    after = _retry_after(exc.response.headers)
+                    raise kind(f"http_{exc.status_code}", after, _body(exc)) from None
                 except openai.APITimeoutError:
-                    raise _Retry("timeout") from None
-                except openai.APIConnectionError:
-                    raise _Retry("connection") from None
+                    raise _Retry("timeout", detail=f"no answer within {self.spec.timeout_s:g} s") from None
+                except openai.APIConnectionError as exc:
+                    raise _Retry("connection", detail=str(exc.__cause__ or exc)) from None
         return _parse_completion(body)
 
     async def close(self) -> None:
@@ -301,17 +367,53 @@ class LLMClient:
                 await client.close()
 
 
-def _parse_completion(body: str) -> tuple[str, str | None]:
-    """The first choice's text and finish reason from a chat-completions body, or a retry."""
+def _body(exc: Any) -> str:
+    """The start of an error response's body (scrubbed later, with the endpoint's key)."""
+    try:
+        return exc.response.text[:500]
+    except Exception:  # a body that cannot be read still leaves the status to report
+        return ""
+
+
+def _top(logprobs: list | None) -> tuple | None:
+    """Token log-probabilities as ((token, {alternative: logprob}), ...)."""
+    if not logprobs:
+        return None
+    return tuple((t, dict(alts)) for t, alts in logprobs)
+
+
+def _logprobs(choice: dict) -> list | None:
+    """[[token, [[alternative, logprob], ...]], ...] from a choice's `logprobs.content`, when the
+    server sent them (asked with `logprobs: true, top_logprobs: n`)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not isinstance(content, list):
+        return None
+    return [
+        [t["token"], [[a["token"], a["logprob"]] for a in t.get("top_logprobs") or []]]
+        for t in content
+        if isinstance(t, dict) and isinstance(t.get("token"), str)
+    ]
+
+
+def _parse_completion(body: str) -> tuple[str, str | None, list | None]:
+    """The first choice's text, finish reason and token log-probabilities (None unless sent) from
+    a chat-completions body, or a retry; an empty answer is retried (and never cached): servers
+    send one when overloaded or misconfigured."""
     try:
         data = json.loads(body)
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content is not a string")
-        return content, choice.get("finish_reason")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise _Retry("bad_response") from None
+        raise _Retry("bad_response", detail=body[:500]) from None
+    if not content.strip():
+        raise _Retry("empty_reply", detail=body[:500])
+    try:
+        logprobs = _logprobs(choice)
+    except (KeyError, TypeError, AttributeError):
+        logprobs = None  # malformed log-probabilities: the sampled answer still stands
+    return content, choice.get("finish_reason"), logprobs
 
 
 def _retry_after(headers) -> float | None:

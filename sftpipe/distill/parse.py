@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from sftpipe.core.records import Drop
@@ -30,7 +32,7 @@ def json_objects(text: str) -> list[dict]:
             if text[m.start()] == "{" and (block := _balanced(text, m.start())):
                 try:
                     obj = ast.literal_eval(block)
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                     continue
             else:
                 continue
@@ -90,14 +92,14 @@ def parse_pair(reply: Reply) -> dict:
     raise Drop("truncated" if reply.finish_reason == "length" else "no_json")
 
 
-def parse_verdict(reply: Reply) -> dict:
+def parse_verdict(reply: Reply, dimensions: Iterable[str] = DIMENSIONS) -> dict:
     """{"scores": {dimension: 0-10}, "rationale"} from a judge reply; else Drop(why not)."""
     if not reply.ok:
         raise Drop(f"request_failed:{reply.error}")
     objects = json_objects(reply.content)
     for obj in objects + [v for o in objects for v in o.values() if isinstance(v, dict)]:
         lower = {str(k).strip().lower(): v for k, v in obj.items()}
-        scores = {d: _score(lower.get(d)) for d in DIMENSIONS}
+        scores = {d: _score(lower.get(d.lower())) for d in dimensions}
         if all(v is not None for v in scores.values()):
             rationale = next((v for o in objects for k, v in o.items() if k.lower() == "rationale"), "")
             return {"scores": scores, "rationale": rationale if isinstance(rationale, str) else ""}
@@ -118,4 +120,33 @@ def _score(value: Any) -> float | None:
 
 
 def weighted(scores: dict, weights: dict[str, float]) -> float:
-    return round(sum(weights[d] * scores[d] for d in DIMENSIONS) / sum(weights.values()), 4)
+    return round(sum(weights[d] * scores[d] for d in weights) / sum(weights.values()), 4)
+
+
+_NUMBER = re.compile(r"[0-9]{1,2}")  # ASCII digits only: str.isdigit() also takes "²"
+_KEY_BEFORE = re.compile(r'"([A-Za-z_][\w ]*)"\s*:\s*$')
+
+
+def expected_scores(logprobs: tuple, dimensions: Iterable[str]) -> dict[str, float]:
+    """Per dimension, the expected score over 0-10 at the token where the judge wrote its value:
+    the probabilities of the digit alternatives there, renormalised. Steadier than the one number
+    sampled. A "1" that the judge followed with "0" counts as 10. Dimensions not found are left out."""
+    wanted = {d.lower(): d for d in dimensions}
+    out: dict[str, float] = {}
+    text = ""
+    for i, (token, top) in enumerate(logprobs):
+        key = _KEY_BEFORE.search(text)
+        text += token
+        name = wanted.get(key.group(1).strip().lower()) if key else None
+        if name is None or name in out or not _NUMBER.match(token.strip()):
+            continue
+        ten = token.strip() == "1" and i + 1 < len(logprobs) and logprobs[i + 1][0].startswith("0")
+        mass: dict[int, float] = {}
+        for alt, logprob in top.items():
+            alt = alt.strip()
+            if _NUMBER.fullmatch(alt) and int(alt) <= 10:
+                value = 10 if ten and alt == "1" else int(alt)
+                mass[value] = mass.get(value, 0.0) + math.exp(logprob)
+        if total := sum(mass.values()):
+            out[name] = round(sum(v * p for v, p in mass.items()) / total, 4)
+    return out

@@ -4,6 +4,7 @@ read and checked, their {placeholders} filled, and the JSON schemas of the repli
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,10 +75,19 @@ def pair_schema(max_response_chars: int) -> dict:
     }
 
 
-def verdict_schema() -> dict:
+def verdict_schema(dimensions: Iterable[str] = DIMENSIONS) -> dict:
     # Rationale first: a model that explains before it scores scores more consistently. Scores are
     # enums because llama.cpp's schema grammar ignores minimum/maximum.
     score = {"type": "integer", "enum": list(range(11))}
     props: dict[str, Any] = {"rationale": {"type": "string", "minLength": 10, "maxLength": 160}}
-    props.update(dict.fromkeys(DIMENSIONS, score))
-    return {"type": "object", "properties": props, "required": ["rationale", *DIMENSIONS]}
+    props.update(dict.fromkeys(dimensions, score))
+    return {"type": "object", "properties": props, "required": ["rationale", *dimensions]}
+
+
+def rubric(rubrics: dict[str, str]) -> str:
+    """The lines appended to the judge system prompt for `distill.rubrics` (none by default: the
+    default prompt describes the five default dimensions itself)."""
+    if not rubrics:
+        return ""
+    lines = "\n".join(f"- {name}: {text}" for name, text in rubrics.items())
+    return f"\n\nScore each of these dimensions from 0 to 10, each a key of the JSON object:\n{lines}"

@@ -81,6 +81,16 @@ def test_jsonl_formats():
     assert next(jsonl_rows(t, "messages"))["messages"] == conv
 
 
+def test_sharegpt_rows_carry_distill_scores():
+    meta = {"avg_score": 8.2, "dimension_scores": {"accuracy": 9.0, "safety": 7.4}, "score": 8.2}
+    t = format_table(
+        [{"id": "distill/a/0", "source": "distill", "prompt": "P", "completion": "C", "meta": meta}]
+    )
+    [sg] = jsonl_rows(t, "sharegpt")
+    assert (sg["avg_score"], sg["dimension_scores"]) == (8.2, {"accuracy": 9.0, "safety": 7.4})
+    assert set(sg) == {"id", "conversations", "avg_score", "dimension_scores"}
+
+
 def test_sanity_passes_on_good_data_and_fails_on_each_problem(gpt2):
     parts = parts_for(gpt2)
     checks = sanity(survey(parts, 8), gpt2, 64)

@@ -46,7 +46,14 @@ def parse_verdict(reply):
     return _outcome(_parse_verdict, reply)
 
 
-OUTPUTS = ("records.jsonl", "generated_raw.jsonl", "scored.jsonl", "rejected.jsonl", "metadata.json")
+OUTPUTS = (
+    "records.jsonl",
+    "generated_raw.jsonl",
+    "scored.jsonl",
+    "controls.jsonl",
+    "rejected.jsonl",
+    "metadata.json",
+)
 
 # --- chunking ------------------------------------------------------------------------------------
 
@@ -181,7 +188,13 @@ def test_read_slices_ids_and_errors(tmp_path):
 
 def test_params_are_checked():
     for bad, message in [
-        ({"weights": {"accuracy": 1.0}}, "weights: give a weight"),
+        ({"weights": {}}, "weights: give a weight"),
+        ({"weights": {"accuracy": 0.0}}, "weights: give a weight"),
+        (
+            {"weights": {"accuracy": 1.0, "clarity": 1.0}},
+            r"give a rubric for the custom dimension\(s\) clarity",
+        ),
+        ({"rubrics": {"clarity": "Clear?"}}, "rubrics: clarity not in weights"),
         ({"min_votes": 3}, "min_votes must be between 0 and the number of judges"),
         ({"judges": [{"name": "a"}, {"name": "a"}]}, "unique names"),
         ({"generator": {"max_concurrent": 0}}, "at least 1"),
@@ -228,6 +241,8 @@ def make_params(tmp_path: Path, url: str, **over) -> DistillParams:
         ],
         "min_votes": 2,
         "min_score_threshold": 5.0,
+        "calibrate": False,  # the control pairs have tests of their own (test_gate.py)
+        "grounding": {"enabled": False},
     }
     return DistillParams.model_validate({**data, **over})
 
@@ -278,6 +293,8 @@ def test_end_to_end_accounts_for_every_slice_and_sample(tmp_path):
         "slice": "good", "slice_id": "good", "sample": 0, "score": 9.0, "votes": 2, "judges": ["cool", "hot"],
     }  # fmt: skip
     assert first["meta"]["slice_metadata"] == {"topic": "cleaning"}
+    assert first["meta"]["avg_score"] == 9.0  # what the specification's ShareGPT rows carry
+    assert first["meta"]["dimension_scores"] == dict.fromkeys(DIMENSIONS, 9.0)
     assert records[0]["messages"][1]["content"] != records[1]["messages"][1]["content"]  # own seed each
 
     raw = list(read_jsonl(out / "generated_raw.jsonl"))
@@ -302,6 +319,7 @@ def test_end_to_end_accounts_for_every_slice_and_sample(tmp_path):
     }  # fmt: skip
     assert meta["generation"] == {"invalid_pair": 2, "no_json": 2, "truncated": 2, "valid": 8}
     assert (meta["slices"], meta["chunks"], meta["units"], meta["kept"]) == (7, 7, 14, 2)
+    assert meta["dimension_means_kept"] == dict.fromkeys(sorted(DIMENSIONS), 9.0)
 
 
 def test_rerun_is_served_from_the_cache_and_byte_identical(tmp_path):
@@ -329,12 +347,12 @@ def test_faults_change_nothing_in_the_output(tmp_path):
     assert outputs(tmp_path / "calm") == outputs(tmp_path / "storm")
 
 
-def test_requests_failing_after_the_cap_are_counted(tmp_path):
+def test_requests_failing_after_the_cap_are_counted_when_tolerated(tmp_path):
     def judges_down(body, n):
         return ("status", 502) if "reviewer" in body["messages"][0]["content"] else "ok"
 
     with FakeOpenAI(judges_down) as srv:
-        params = make_params(tmp_path, srv.url)
+        params = make_params(tmp_path, srv.url, max_error_rate=1.0)
         params = params.model_copy(
             update={"judges": [j.model_copy(update={"max_attempts": 2}) for j in params.judges]}
         )
@@ -346,7 +364,7 @@ def test_requests_failing_after_the_cap_are_counted(tmp_path):
     assert meta["scores"]["hot"]["failed"] == {"request_failed:http_502": 8}
 
     with FakeOpenAI(lambda body, n: ("status", 500)) as srv:
-        params = make_params(tmp_path, srv.url, cache_dir=None)
+        params = make_params(tmp_path, srv.url, cache_dir=None, max_error_rate=1.0)
         params = params.model_copy(
             update={"generator": params.generator.model_copy(update={"max_attempts": 2})}
         )
@@ -360,6 +378,67 @@ def test_requests_failing_after_the_cap_are_counted(tmp_path):
         "slice": "good",
         "sample": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"), [(401, False), (400, False), (500, True)], ids=["401", "400", "500"]
+)
+def test_total_failure_fails_the_stage_naming_endpoint_status_and_body(tmp_path, status, retried):
+    with FakeOpenAI(lambda body, n: ("status", status)) as srv:
+        params = make_params(tmp_path, srv.url)
+        with pytest.raises(DistillError) as err:
+            distill(params, 1, tmp_path / "out")
+        assert srv.n_requests == 14 * (4 if retried else 1)
+    message = str(err.value)
+    assert f"14 of 14 requests to generator ({srv.url}) failed" in message
+    assert f"first error: http_{status}: " in message and f"fake {status}" in message
+    assert not (tmp_path / "out").exists()  # nothing written, so DVC locks nothing
+
+
+def test_a_few_failures_below_max_error_rate_are_dropped_not_fatal(tmp_path):
+    def one_down(body, n):  # the first slice's generation always fails
+        return ("status", 500) if "Clean the data first" in json.dumps(body) and "seed" in body else "ok"
+
+    with FakeOpenAI(one_down) as srv:
+        gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
+        tally, _ = distill(
+            make_params(tmp_path, srv.url, generator=gen, max_error_rate=0.2), 1, tmp_path / "o"
+        )
+    assert tally.as_dict()["dropped"]["generation_failed"] == 2  # 2 of 14 = 0.14 <= 0.2
+    with FakeOpenAI(one_down) as srv, pytest.raises(DistillError, match="2 of 14 requests to generator"):
+        gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
+        distill(make_params(tmp_path, srv.url, generator=gen, cache_dir=None), 1, tmp_path / "p")
+
+
+def test_error_bodies_are_scrubbed_of_the_key(tmp_path, monkeypatch):
+    key = "sk-test-" + "x" * 24
+    monkeypatch.setenv("FAKE_KEY_FOR_TEST", key)
+
+    def echo_key(body, n):  # a server that puts the caller's key in its error message
+        return ("status", 401, None, f"Incorrect API key provided: {key}")
+
+    with FakeOpenAI(echo_key) as srv:
+        endpoint = {"base_url": srv.url, "model": "fake", "api_key_env": "FAKE_KEY_FOR_TEST"}
+        params = make_params(tmp_path, srv.url, generator=endpoint)
+        with pytest.raises(DistillError) as err:
+            distill(params, 1, tmp_path / "out")
+        assert srv.auth[0] == f"Bearer {key}"
+    assert key not in str(err.value) and "Incorrect API key provided: ***" in str(err.value)
+
+
+def test_empty_replies_are_retried_and_never_cached(tmp_path):
+    with FakeOpenAI(lambda body, n: "empty" if n == 0 else "ok") as srv:
+        params = make_params(tmp_path, srv.url)
+        tally, _ = distill(params, 1, tmp_path / "out")
+        assert tally.as_dict() == EXPECTED
+        assert srv.n_requests == 2 * 30  # every request answered empty once, then asked again
+    with FakeOpenAI(lambda body, n: "empty") as srv:
+        params = make_params(tmp_path, srv.url, cache_dir=str(tmp_path / "c2"))
+        with pytest.raises(DistillError, match="first error: empty_reply"):
+            distill(params, 1, tmp_path / "empty")
+    from sftpipe.distill.llm import RequestCache
+
+    assert len(RequestCache(tmp_path / "c2" / "requests.sqlite")) == 0
 
 
 def test_disabled_writes_empty_valid_outputs(tmp_path):
@@ -465,11 +544,10 @@ def test_server_killed_mid_run_every_unit_accounted_then_resumed(tmp_path):
 
         thread = threading.Thread(target=killer)
         thread.start()
-        tally, _ = distill(params, 1, tmp_path / "first")
+        with pytest.raises(DistillError, match=r"requests to \w+ .* failed.*first error: connection"):
+            distill(params, 1, tmp_path / "first")
         thread.join()
-        first = tally.as_dict()
-        assert first["in"] == 14 and first["out"] + sum(first["dropped"].values()) == 14
-        assert first["dropped"].get("generation_failed", 0) + first["dropped"].get("judge_failed", 0) > 0
+        assert not (tmp_path / "first").exists()  # a dead server fails the stage, writes nothing
         done_before = set(events("completed"))
 
         server = start()
@@ -546,6 +624,8 @@ def test_real_local_model_end_to_end(tmp_path):
             "generator": local,
             "judges": [{"name": "judge", **local}],
             "min_score_threshold": 0.0,
+            "calibrate": False,  # this test is about the grammar-constrained JSON, not the gate
+            "grounding": {"enabled": False},
         }
     )
     tally, meta = distill(params, 42, tmp_path / "out")
@@ -571,6 +651,9 @@ def test_dvc_repro_distill(tmp_path):
         params["distill"]["generator"]["base_url"] = srv.url
         for judge in params["distill"]["judges"]:
             judge["base_url"] = srv.url
+        # The fake judges score everything 9 (AUC 0.5) and the copy has no models/base: no gate but
+        # the judges' threshold here (test_gate.py covers calibration and grounding).
+        params["distill"].update(calibrate=False, grounding={"enabled": False})
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         dvc(repo, "repro", "distill")
         report = json.loads((repo / "reports/distill.json").read_text())
@@ -635,3 +718,47 @@ def test_local_servers_start_only_for_requests_the_cache_cannot_answer(tmp_path,
         distill(params.model_copy(update={"samples_per_slice": 3}), 1, tmp_path / "more")
         assert started == [1, 1] and srv.n_requests == 22 + 7 + 4  # only the new samples were asked
     assert outputs(tmp_path / "first") == outputs(tmp_path / "second")
+
+
+def test_an_experiment_workspace_shares_the_cache_of_its_repo(tmp_path, monkeypatch):
+    """`dvc exp run --temp/--queue` run in <repo>/.dvc/tmp/exps/<name>/: the relative cache_dir
+    resolves to the repo's own .cache/distill there, so no completed request is asked again."""
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "tmpq1w2e3"
+    (workspace / ".dvc").mkdir(parents=True)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with FakeOpenAI() as srv:
+        params = make_params(tmp_path, srv.url, cache_dir=".cache/distill")
+        monkeypatch.chdir(repo)
+        distill(params, 1, tmp_path / "first")
+        asked = srv.n_requests
+        assert (repo / ".cache" / "distill" / "requests.sqlite").is_file()
+        monkeypatch.chdir(workspace)
+        distill(params, 1, tmp_path / "queued")
+        assert srv.n_requests == asked  # the queued experiment repeated no completed request
+        monkeypatch.setenv("DVC_ROOT", str(workspace))  # as dvc sets it for the stage command
+        distill(params, 1, tmp_path / "temp")
+        assert srv.n_requests == asked
+    assert not (workspace / ".cache").exists()
+    assert outputs(tmp_path / "first") == outputs(tmp_path / "queued") == outputs(tmp_path / "temp")
+
+
+def test_custom_dimensions_with_rubrics_reach_the_judges_and_the_scores(tmp_path):
+    bodies = []
+
+    def keep(body, n):
+        bodies.append(body)
+        return "ok"
+
+    weights = {"accuracy": 2.0, "clarity": 1.0}
+    rubrics = {"accuracy": "Agrees with the passage.", "clarity": "Plain words, short sentences."}
+    with FakeOpenAI(keep) as srv:
+        params = make_params(tmp_path, srv.url, weights=weights, rubrics=rubrics)
+        tally, meta = distill(params, 1, tmp_path / "out")
+    assert tally.as_dict() == EXPECTED
+    system = next(b["messages"][0]["content"] for b in bodies if "reviewer" in b["messages"][0]["content"])
+    assert system.endswith("- accuracy: Agrees with the passage.\n- clarity: Plain words, short sentences.")
+    record = next(read_jsonl(tmp_path / "out" / "records.jsonl"))
+    assert record["meta"]["scores"]["cool"] == {"accuracy": 9, "clarity": 9}
+    assert record["meta"]["dimension_scores"] == {"accuracy": 9.0, "clarity": 9.0}
+    assert set(meta["scores"]["cool"]["mean"]) == {"accuracy", "clarity", "weighted"}

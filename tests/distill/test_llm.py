@@ -220,3 +220,94 @@ def test_requests_spread_over_local_servers():
         assert all(r.ok for r in run(both()))
         # Four in flight at most (two per client), two per server: one balancer for both clients.
         assert (a.n_requests, b.n_requests) == (4, 4) and a.max_inflight == b.max_inflight == 2
+
+
+def test_extra_body_and_max_completion_tokens_reach_the_server():
+    bodies = []
+
+    def keep(body, n):
+        bodies.append(body)
+        return "ok"
+
+    with FakeOpenAI(keep) as srv:
+        extra = {"enable_thinking": False, "chat_template_kwargs": {"thinking": False}}
+        c = client(srv.url, max_tokens_field="max_completion_tokens", extra_body=extra)
+        [reply] = run(_complete(c, [{**request(), "max_tokens": 77}]))
+        plain = client(srv.url)
+        run(_complete(plain, [{**request(1), "max_tokens": 77}]))
+    assert reply.ok
+    assert bodies[0]["max_completion_tokens"] == 77 and "max_tokens" not in bodies[0]
+    assert bodies[0]["enable_thinking"] is False and bodies[0]["chat_template_kwargs"] == {"thinking": False}
+    assert bodies[1]["max_tokens"] == 77 and "enable_thinking" not in bodies[1]
+
+
+def test_extra_body_is_part_of_the_cache_key(tmp_path):
+    with FakeOpenAI() as srv:
+        cache = RequestCache(tmp_path / "c.sqlite")
+        run(_complete(client(srv.url, cache), [request()]))
+        run(_complete(client(srv.url, cache, extra_body={"enable_thinking": False}), [request()]))
+        assert srv.n_requests == 2  # a different request body is a different answer
+        cache.close()
+
+
+def test_one_host_cap_is_shared_by_its_entries():
+    from sftpipe.distill.llm import server_limits
+
+    with FakeOpenAI(delay=0.15) as srv:
+        specs = [
+            EndpointSpec(base_url=srv.url + suffix, model="m", max_concurrent=3) for suffix in ("", "/", "")
+        ]
+
+        async def three_entries():
+            slots = server_limits(specs, local_cap=1)
+            assert len(slots) == 1  # one server: "…/v1" and "…/v1/" are the same
+            [shared] = slots.values()
+            clients = [
+                LLMClient(Endpoint.resolve(f"e{k}", spec), server_slots=shared)
+                for k, spec in enumerate(specs)
+            ]
+            try:
+                return await asyncio.gather(*(c.complete(request(i)) for i in range(6) for c in clients))
+            finally:
+                for c in clients:
+                    await c.close()
+
+        replies = run(three_entries())
+        assert all(r.ok for r in replies) and srv.n_requests == 18
+        assert srv.max_inflight == 3  # not 3 x 3
+
+
+def test_server_limits_take_the_largest_cap_per_host_and_the_local_server_count():
+    from sftpipe.distill.llm import server_limits
+
+    async def caps():
+        specs = [
+            EndpointSpec(base_url="http://a/v1", max_concurrent=2),
+            EndpointSpec(base_url="http://a/v1", max_concurrent=16),
+            EndpointSpec(base_url="http://b/v1", max_concurrent=4),
+            EndpointSpec(base_url=None, max_concurrent=1),
+        ]
+        return {k: s._value for k, s in server_limits(specs, local_cap=2).items()}
+
+    assert run(caps()) == {"http://a/v1": 16, "http://b/v1": 4, "local": 2}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sk-proj-" + "A1b2" * 12,
+        "sk_live_abcdefghijklmnop",
+        "hf_AbCdEfGhIjKlMnOpQrStUv",
+        "AbCdEf1234567890GhIjKlMnOp",
+    ],
+)
+def test_a_key_pasted_into_api_key_env_is_refused_without_echoing_it(value):
+    from sftpipe.core.config import validate
+    from sftpipe.distill.llm import SecretInParams
+
+    with pytest.raises(SecretInParams) as err:
+        validate(EndpointSpec, {"api_key_env": value}, "distill.generator")
+    assert value not in str(err.value) and value[:6] not in str(err.value)
+    assert "api_key_env: this looks like an API key" in str(err.value)
+    for name in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY", "my_key", "HF_TOKEN", "SK_PROD_KEY"):
+        assert EndpointSpec(api_key_env=name).api_key_env == name

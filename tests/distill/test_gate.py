@@ -1,0 +1,273 @@
+"""The quality gate: control pairs built from the slices, each judge's AUC on them, judges below
+min_judge_auc ignored, and the grounding gain of the base model (models/base, when present).
+Judges are the fake server's (tests/fake_openai.py): "oracle" scores only the passage's own whole
+sentences high, the default fake judge scores everything 9."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftpipe.core.jsonio import read_jsonl
+from sftpipe.distill.controls import BAD, GOOD, auc, control_pairs, negate, truncate
+from sftpipe.distill.grounding import GroundingParams, gains
+from sftpipe.distill.run import distill
+from sftpipe.distill.slices import DistillError, chunks_of, read_slices
+from tests.conftest import ROOT, write_lines
+from tests.distill.test_distill import make_params
+from tests.fake_openai import FakeOpenAI
+
+SLICES = [
+    json.dumps({"id": "a", "content": "Clean the data first. Count every drop. Keep the reasons."}),
+    json.dumps({"id": "b", "content": "Deduplicate before you split. Near copies leak into the test set."}),
+]
+
+
+def test_auc_counts_ties_half():
+    assert auc([9, 8], [2, 1]) == 1.0 and auc([2], [9]) == 0.0
+    assert auc([5, 5], [5, 5]) == 0.5 and auc([9, 5], [5, 1]) == 0.875
+    assert auc([], [1]) is None and auc([1], []) is None
+
+
+def test_controls_from_real_slices_are_what_they_claim():
+    chunks = chunks_of(read_slices(ROOT / "data/knowledge/slices.jsonl"), 1500)
+    controls = control_pairs(chunks)
+    assert len(controls) == 6 * len(chunks) == 30
+    by = {(c.chunk.id, c.kind): c for c in controls}
+    first = chunks[0]
+    lead = by[(first.id, "lead")].pair["response"]
+    assert lead in first.content and lead.endswith(".")
+    assert by[(first.id, "tail")].pair["response"] in first.content
+    assert by[(first.id, "other_slice")].pair["response"] in chunks[1].content
+    cut = by[(first.id, "truncated")].pair["response"]
+    assert lead.startswith(cut) and len(cut) < len(lead) / 2 + 10 and not cut.endswith(".")
+    assert by[(first.id, "contradicted")].pair["response"] not in first.content
+    assert by[(first.id, "off_topic")].pair["response"] not in " ".join(c.content for c in chunks)
+    assert {c.label for c in controls if c.kind in GOOD} == {1}
+    assert {c.label for c in controls if c.kind in BAD} == {0}
+
+
+def test_negate_and_truncate():
+    assert negate("Exact copies are found by hashing. Keep the seed.") == (
+        "Exact copies are not found by hashing. It is not true that keep the seed."
+    )
+    assert negate("Remove duplicates before you split.") == "Remove duplicates after you split."
+    assert truncate("one two three four five six seven eight nine ten.") == "one two three four"
+
+
+def _run(tmp_path, srv, judges, **over):
+    endpoint = {"base_url": srv.url, "backoff_s": 0.01}
+    write_lines(tmp_path / "slices.jsonl", SLICES)
+    params = make_params(
+        tmp_path,
+        srv.url,
+        judges=[{**endpoint, **j} for j in judges],
+        **{"calibrate": True, "min_votes": 1, **over},
+    )
+    return distill(params, 1, tmp_path / "out")
+
+
+def test_calibration_keeps_the_good_judge_and_ignores_the_bad_one(tmp_path, capsys):
+    with FakeOpenAI() as srv:
+        tally, meta = _run(
+            tmp_path, srv, [{"name": "oracle", "model": "oracle"}, {"name": "yes", "model": "fake"}]
+        )
+    cal = meta["calibration"]
+    assert cal["oracle"]["auc"] == 1.0 and (cal["oracle"]["good"], cal["oracle"]["bad"]) == (
+        3,
+        8,
+    )  # "b" has no tail
+    assert cal["yes"]["auc"] == 0.5
+    assert meta["judges_used"] == ["oracle"]
+    assert (
+        "judge yes ignored: AUC 0.50 on the control pairs, below min_judge_auc 0.7" in capsys.readouterr().err
+    )
+    # The real pairs (the passage plus a seed note, so not whole passage sentences) fail the oracle.
+    assert tally.as_dict() == {"in": 4, "out": 0, "dropped": {"low_score": 4}}
+    controls = list(read_jsonl(tmp_path / "out" / "controls.jsonl"))
+    assert len(controls) == 11 and {c["kind"] for c in controls} == set(GOOD) | set(BAD)
+    assert all(c["judges"]["oracle"]["weighted"] == (9.0 if c["label"] else 2.0) for c in controls)
+    records = (tmp_path / "out" / "records.jsonl").read_text()
+    assert "control" not in records  # controls are never exported
+
+
+def test_no_judge_left_and_no_other_gate_fails_the_stage(tmp_path):
+    with FakeOpenAI() as srv, pytest.raises(DistillError, match=r"no judge tells good from bad .*yes 0\.5"):
+        _run(tmp_path, srv, [{"name": "yes", "model": "fake"}])
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_off_trusts_every_judge(tmp_path):
+    with FakeOpenAI() as srv:
+        tally, meta = _run(tmp_path, srv, [{"name": "yes", "model": "fake"}], calibrate=False)
+        assert srv.n_requests == 4 + 4  # no control pairs asked
+    assert tally.n_out == 4 and meta["calibration"] == {} and meta["judges_used"] == ["yes"]
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    if not (ROOT / "models/base/config.json").is_file():
+        pytest.skip("models/base is not materialized (dvc repro base_model)")
+    return str(ROOT / "models/base")
+
+
+def test_grounding_gain_separates_grounded_from_off_topic_answers(base_model, tmp_path):
+    from sftpipe.distill.llm import RequestCache
+
+    passage = "Remove duplicates before you split the data, so the test score measures skill."
+    ask = {"instruction": "When should duplicates be removed?", "input": ""}
+    grounded = {**ask, "response": "Before you split the data, so the test score measures skill."}
+    off = {**ask, "response": "Our service is available 24/7 and our staff are happy to help."}
+    params = GroundingParams(model=base_model, max_tokens=128)
+    cache = RequestCache(tmp_path / "c.sqlite")
+    first = gains(params, [(passage, grounded), (passage, off)], cache)
+    assert first[0] > 1.0 > first[1] and first[0] - first[1] > 1.0
+    assert len(cache) == 2 and gains(params, [(passage, off)], cache) == first[1:]  # from the cache
+    cache.close()
+
+
+def test_missing_base_model_is_one_clear_line(tmp_path):
+    with FakeOpenAI() as srv, pytest.raises(DistillError, match="distill.grounding.model: no model in"):
+        _run(tmp_path, srv, [{"name": "yes", "model": "fake"}], grounding={"model": str(tmp_path / "none")})
+
+
+def _score_cli(tmp_path, params: dict, pairs: list[dict]) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    import yaml
+
+    write_lines(tmp_path / "slices.jsonl", SLICES)
+    write_lines(tmp_path / "pairs.jsonl", [json.dumps(p) for p in pairs])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 1, "distill": params}))
+    cmd = [sys.executable, "-m", "sftpipe.distill", "score", "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--slices", str(tmp_path / "slices.jsonl"), "--pairs", str(tmp_path / "pairs.jsonl")]
+    proc = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "scored.jsonl")], cwd=ROOT, capture_output=True, text=True
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_score_command_scores_given_pairs_and_measures_the_gate_on_labels(tmp_path):
+    pairs = [
+        {"slice": "a", "instruction": "What first?", "response": "Clean the data first.", "label": 1},
+        {"slice": "b", "instruction": "When?", "response": "Deduplicate before you split.", "label": 1},
+        {"slice": "a", "instruction": "What first?", "response": "Our service is open 24/7.", "label": 0},
+        {
+            "slice": "b",
+            "instruction": "When?",
+            "response": "Deduplicate before you",
+            "label": 0,
+            "note": "cut",
+        },
+    ]
+    with FakeOpenAI() as srv:
+        endpoint = {"base_url": srv.url, "backoff_s": 0.01}
+        params = make_params(
+            tmp_path,
+            srv.url,
+            judges=[
+                {"name": "oracle", "model": "oracle", **endpoint},
+                {"name": "yes", "model": "fake", **endpoint},
+            ],
+            calibrate=True,
+            min_votes=1,
+        ).model_dump()
+        code, out, err = _score_cli(tmp_path, params, pairs)
+        assert code == 0, err
+        assert srv.n_requests == 2 * (4 + 11)  # two judges, the pairs and the controls; nothing generated
+    summary = json.loads(out)
+    assert summary["pairs"] == 4 and summary["verdicts"] == {"kept": 2, "low_score": 2}
+    assert summary["judges_used"] == ["oracle"] and summary["calibration"]["yes"]["auc"] == 0.5
+    labelled = summary["labelled_auc"]
+    assert (labelled["oracle"], labelled["yes"], labelled["gate"]) == (1.0, 0.5, 1.0)
+    assert (labelled["kept_good"], labelled["kept_bad"], labelled["good"], labelled["bad"]) == (2, 0, 2, 2)
+    rows = list(read_jsonl(tmp_path / "scored.jsonl"))
+    assert [r["verdict"] for r in rows] == ["kept", "kept", "low_score", "low_score"]
+    assert rows[3]["note"] == "cut" and rows[3]["label"] == 0 and rows[0]["input"] == ""
+    assert rows[0]["judges"]["oracle"]["weighted"] == 9.0 and rows[0]["score"] == 9.0
+
+
+def test_score_command_names_a_bad_pair_line(tmp_path):
+    params = make_params(tmp_path, "http://127.0.0.1:9/v1").model_dump()
+    code, _, err = _score_cli(
+        tmp_path,
+        params,
+        [
+            {"slice": "a", "instruction": "Q", "response": "A"},
+            {"slice": "zz", "instruction": "Q", "response": "A"},
+        ],
+    )
+    assert code == 1 and "pairs.jsonl: line 2: slice 'zz' is not in" in err
+    code, _, err = _score_cli(tmp_path, params, [{"slice": "a", "instruction": "Q"}])
+    assert code == 1 and "pairs.jsonl: line 1: 'response' must be a non-empty string" in err
+
+
+def test_expected_scores_from_token_logprobs():
+    import math
+
+    from sftpipe.distill.parse import expected_scores
+
+    def tok(token, **alts):
+        return (token, {t: math.log(p) for t, p in (alts or {token: 1.0}).items()})
+
+    logprobs = (
+        tok('{"rationale": "scored 9", "accuracy": '),
+        tok("9", **{"9": 0.5, "7": 0.5, "²": 0.1, "x": 0.1}),  # not digits 0-10: left out
+        tok(', "safety": '),
+        tok("1", **{"1": 0.8, "9": 0.2}),
+        tok("0"),
+        tok(', "clarity": "'),
+        tok("3"),
+        tok('"}'),
+    )
+    got = expected_scores(logprobs, ["accuracy", "safety", "clarity", "missing"])
+    # a "1" followed by "0" is a 10; a quoted value is still the value; absent dimensions stay out
+    assert got == {"accuracy": 8.0, "safety": 9.8}
+
+
+def test_logprob_judges_score_by_expected_value(tmp_path):
+    write_lines(tmp_path / "slices.jsonl", [json.dumps({"id": "a", "content": "Keep it. [bad]"}),
+                                            json.dumps({"id": "b", "content": "Keep this."})])  # fmt: skip
+    with FakeOpenAI() as srv:
+        endpoint = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01}
+        judges = [{"name": "lp", "logprob_scores": True, **endpoint}, {"name": "plain", **endpoint}]
+        params = make_params(tmp_path, srv.url, judges=judges, samples_per_slice=1, min_votes=1)
+        distill(params, 1, tmp_path / "out")
+        assert srv.n_requests == 2 + 4
+    scored = {r["slice"]: r["judges"] for r in read_jsonl(tmp_path / "out" / "scored.jsonl")}
+    assert scored["b"]["lp"]["scores"]["accuracy"] == 8.0 and scored["b"]["lp"]["sampled"]["accuracy"] == 9
+    assert scored["a"]["lp"]["weighted"] == 2.9 and scored["a"]["plain"]["weighted"] == 2.0
+    assert "sampled" not in scored["b"]["plain"]
+
+
+@pytest.mark.slow
+def test_real_local_default_gate_keeps_no_bad_control_it_can_see(base_model, tmp_path):
+    """The default gate on the real local server and base model, 2 shipped slices, 1 sample: each
+    judge is measured, and the grounding gate would keep every good control and no off-topic or
+    other-slice one (truncated and negated copies still gain: only a calibrated judge sees them)."""
+    pytest.importorskip("llama_cpp")
+    slices = [json.loads(line) for line in (ROOT / "data/knowledge/slices.jsonl").open()][:2]
+    write_lines(tmp_path / "slices.jsonl", [json.dumps(s) for s in slices])
+    from sftpipe.distill.run import DistillParams
+
+    params = DistillParams.model_validate(
+        {
+            "slices": str(tmp_path / "slices.jsonl"),
+            "samples_per_slice": 1,
+            "cache_dir": str(tmp_path / "cache"),
+            "grounding": {"model": base_model},
+            "max_error_rate": 0.0,
+        }
+    )
+    tally, meta = distill(params, 42, tmp_path / "out")
+    assert set(meta["calibration"]) == {"judge-a", "judge-b", "grounding"}
+    min_gain = params.grounding.min_gain
+    controls = list(read_jsonl(tmp_path / "out" / "controls.jsonl"))
+    assert len(controls) == 12
+    assert all(c["grounding"] >= min_gain for c in controls if c["label"] == 1)
+    assert all(c["grounding"] < min_gain for c in controls if c["kind"] in ("off_topic", "other_slice"))
+    for record in read_jsonl(tmp_path / "out" / "records.jsonl"):
+        assert record["meta"]["grounding"] >= min_gain
+    assert tally.n_out + sum(tally.dropped.values()) == 2

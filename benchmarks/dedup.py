@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,6 +75,50 @@ SOURCES = {
     },
 }
 COPY_KINDS = ("exact", "format", "words", "append", "tail")
+# paraphrases: the same conversation reworded by rules (synonyms, contractions), which near dedup
+# mostly misses and semantic dedup is for; planted as copies of kind "reword"
+SYNONYMS = dict(
+    pair.split(":") for pair in (  # noqa: SIM905 (one line of pairs reads better than a list)
+        "use:utilize make:create help:assist show:demonstrate get:obtain need:require big:large "
+        "small:little fast:quick start:begin end:finish buy:purchase try:attempt give:provide "
+        "answer:response question:query example:instance important:essential different:distinct "
+        "many:numerous often:frequently also:additionally however:nevertheless because:since "
+        "about:regarding enough:sufficient easy:simple hard:difficult good:great best:finest "
+        "find:locate keep:maintain change:modify choose:select check:verify build:construct "
+        "write:compose include:contain allow:permit improve:enhance increase:raise reduce:decrease "
+        "method:approach problem:issue idea:concept result:outcome way:manner people:individuals "
+        "main:primary whole:entire several:various quickly:rapidly usually:typically "
+        "maybe:perhaps very:highly really:truly so:therefore then:afterwards next:following "
+        "first:initially like:such_as want:wish think:believe know:understand say:state "
+        "tell:inform look:appear seem:appear list:enumerate explain:describe create:generate "
+        "following:subsequent provide:supply ensure:guarantee can:could will:would should:ought_to "
+        "must:has_to this:that these:those some:certain all:every each:every more:further "
+        "other:alternative new:novel using:utilizing used:utilized makes:creates made:created "
+        "based:founded data:information number:quantity time:period work:function set:configure "
+        "add:append run:execute return:yield value:amount user:person code:program file:document "
+        "text:content helps:assists uses:utilizes gets:obtains needs:requires shows:demonstrates "
+        "between:among within:inside without:lacking into:inside_of using:employing while:whereas "
+        "if:provided_that when:once because:as how:in_what_way what:which here:below "
+        "following:below important:crucial simple:straightforward"
+    ).split()
+)  # fmt: skip
+CONTRACTIONS = {"do not": "don't", "it is": "it's", "can not": "can't", "cannot": "can't",
+                "you are": "you're", "is not": "isn't", "does not": "doesn't", "will not": "won't",
+                "that is": "that's", "there is": "there's", "I am": "I'm", "we are": "we're"}  # fmt: skip
+_SYN = re.compile(r"\b(" + "|".join(sorted(SYNONYMS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+_CON = re.compile(r"\b(" + "|".join(CONTRACTIONS) + r")\b")
+
+
+def _reword(text: str) -> str:
+    """The same text in other words: every listed word by its synonym, contractions contracted."""
+
+    def syn(m: re.Match) -> str:
+        word = SYNONYMS[m.group(0).lower()].replace("_", " ")
+        return word.capitalize() if m.group(0)[0].isupper() else word
+
+    return _CON.sub(lambda m: CONTRACTIONS[m.group(0)], _SYN.sub(syn, text))
+
+
 SHORT = ("alpaca", "code_alpaca", "alpaca_libre", "dolly")  # single-exchange sources: donors
 
 
@@ -148,6 +193,9 @@ def _perturb(rec: dict, kind: str, rng: random.Random, vocab: list[str], sentenc
             m["content"] = _words_edit(m["content"], rng, rate, vocab)
     elif kind == "append":
         msgs[last]["content"] = msgs[last]["content"].rstrip() + " " + rng.choice(sentences)
+    elif kind == "reword":
+        for m in msgs:
+            m["content"] = _reword(m["content"])
     elif kind == "tail":
         words = msgs[last]["content"].split(" ")
         keep = max(1, round(len(words) * (1 - rng.uniform(0.05, 0.3))))
@@ -155,7 +203,9 @@ def _perturb(rec: dict, kind: str, rng: random.Random, vocab: list[str], sentenc
     return {"messages": msgs}
 
 
-def build_corpus(work: Path, size: int, seed: int) -> None:
+def build_corpus(
+    work: Path, size: int, seed: int, base_size: int | None = None, paraphrases: int = 0
+) -> None:
     """Write work/corpus.jsonl (canonical records) and work/truth.json (planted ground truth)."""
     rng = random.Random(seed)
     # as the clean stage leaves them: no empty turn, a user and an assistant turn
@@ -176,6 +226,14 @@ def build_corpus(work: Path, size: int, seed: int) -> None:
     donors = short[:n_donors]
     held = {id(r) for r in donors} | {id(r) for r in long_answers[:50]}
     base = [r for r in records if id(r) not in held]
+    if (
+        base_size is not None
+    ):  # a smaller corpus: keep the anchors of the hard negatives, then the first others
+        need = plan["same_instruction"][0] + plan["same_question"][0]
+        pinned = [r for r in base if r["source"] in SHORT and len(r["messages"]) == 2][:need]
+        keep = {id(r) for r in pinned}
+        keep |= {id(r) for r in [r for r in base if id(r) not in keep][: max(0, base_size - need)]}
+        base = [r for r in base if id(r) in keep]
     vocab = sorted(
         {w for r in base[:3000] for m in r["messages"] for w in m["content"].split() if w.isalpha()}
     )
@@ -235,7 +293,7 @@ def build_corpus(work: Path, size: int, seed: int) -> None:
     n_copies = max(0, size - len(out))
     for k in range(n_copies):
         orig = rng.choice(sharegpt if rng.random() < 0.6 else others)
-        kind = COPY_KINDS[k % len(COPY_KINDS)]
+        kind = "reword" if k < paraphrases else COPY_KINDS[k % len(COPY_KINDS)]
         copy = _perturb(orig, kind, rng, vocab, sentences)
         rid = f"copy/{kind}/{k}"
         out.append({"id": rid, "source": "copies", "messages": copy["messages"], "meta": {}})
@@ -245,7 +303,8 @@ def build_corpus(work: Path, size: int, seed: int) -> None:
     with open(work / "corpus.jsonl", "wb") as fh:
         for r in out:
             fh.write(orjson.dumps(r, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE))
-    (work / "truth.json").write_text(json.dumps({"size": size, "seed": seed, "truth": truth}))
+    meta = {"size": size, "seed": seed, "base": base_size, "paraphrases": paraphrases}
+    (work / "truth.json").write_text(json.dumps({**meta, "truth": truth}))
 
 
 def _token_rows(recs: list[dict]):
@@ -322,11 +381,15 @@ def _timed(cmd: list[str], **kw) -> dict:
     return {"seconds": seconds, "cpu_seconds": max(waited_cpu, sampled_cpu), "peak_mb": peak}
 
 
-def run_sftpipe(work: Path, workers: int) -> dict:
+def run_sftpipe(work: Path, workers: int, name: str = "sftpipe", semantic: dict | None = None) -> dict:
+    """The dedup stage with the repository's params; `semantic`: dedup.semantic turned on, with
+    these overrides."""
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text()).get("dedup", {})
-    run = work / "sftpipe"
+    if semantic is not None:
+        params["semantic"] = {**params.get("semantic", {}), **semantic, "enabled": True}
+    run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir()
     (run / "params.yaml").write_text(
@@ -340,7 +403,8 @@ def run_sftpipe(work: Path, workers: int) -> dict:
         for line in fh:
             r = orjson.loads(line)
             removed[r["record"]["id"]] = r.get("duplicate_of")
-    return {**timing, "removed": removed}
+    report = json.loads((run / "dedup.json").read_text())
+    return {**timing, "removed": removed, "dropped": report["dropped"], "semantic": report.get("semantic")}
 
 
 def run_datasketch(work: Path) -> dict:
@@ -430,7 +494,8 @@ def evaluate(result: dict, truth: dict, work: Path) -> dict:
         return round(sum(map(found, ids)) / len(ids), 4) if ids else float("nan")
 
     easy = [c for c in copies if truth[c]["jaccard"] >= 0.8]
-    per_kind = {k: rate([c for c in copies if truth[c]["copy"] == k]) for k in COPY_KINDS}
+    kinds = sorted({truth[c]["copy"] for c in copies})
+    per_kind = {k: rate([c for c in copies if truth[c]["copy"] == k]) for k in kinds}
     hard = [rid for rid, t in truth.items() if t["kind"] == "hard_negative"]
     hn_fam = {
         f: [h for h in hard if truth[h]["family"] == f] for f in sorted({truth[h]["family"] for h in hard})
@@ -469,6 +534,8 @@ def evaluate(result: dict, truth: dict, work: Path) -> dict:
         },
         "copies": len(copies),
         "copies_jaccard_ge_0.8": len(easy),
+        "dropped": result.get("dropped"),
+        "semantic": result.get("semantic"),
     }
 
 
@@ -536,9 +603,21 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "dedup"), help="scratch folder")
     ap.add_argument("--size", type=int, default=100_000, help="conversations in the corpus")
     ap.add_argument("--seed", type=int, default=0, help="seed of the planted copies and negatives")
+    ap.add_argument("--base", type=int, help="real records kept in the corpus (default: all, ~27k)")
+    ap.add_argument("--paraphrases", type=int, default=0, help="copies reworded by rules (of the copies)")
+    ap.add_argument(
+        "--semantic", action="store_true", help="also run sftpipe with dedup.semantic on (sftpipe+semantic)"
+    )
+    ap.add_argument(
+        "--semantic-set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a dedup.semantic param in the semantic run (e.g. text=prefix)",
+    )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2, help="processes for every system")
     ap.add_argument(
-        "--only", choices=["sftpipe", "datasketch", "datatrove"], action="append", help="run only these"
+        "--only",
+        choices=["sftpipe", "sftpipe+semantic", "datasketch", "datatrove"],
+        action="append",
+        help="run only these",
     )
     ap.add_argument(
         "--datatrove-tokenizer", choices=["spacy", "whitespace"], default="spacy", help="datatrove words"
@@ -560,10 +639,12 @@ def main() -> None:
         not meta.exists()
         or (m := json.loads(meta.read_text()))["size"] != args.size
         or m["seed"] != args.seed
+        or m.get("base") != args.base
+        or m.get("paraphrases", 0) != args.paraphrases
     ):
         shutil.rmtree(work / "datatrove_in", ignore_errors=True)
         t0 = time.perf_counter()
-        build_corpus(work, args.size, args.seed)
+        build_corpus(work, args.size, args.seed, args.base, args.paraphrases)
         print(f"corpus built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.micro:
         print(json.dumps(micro(work, args.micro)))
@@ -573,13 +654,21 @@ def main() -> None:
     mb = (work / "corpus.jsonl").stat().st_size / 2**20
     print(f"corpus: {len(truth)} conversations ({mb:.0f} MB): {dict(kinds)}")
 
-    systems = args.only or ["sftpipe", "datasketch", "datatrove"]
+    systems = args.only or [
+        "sftpipe",
+        *(["sftpipe+semantic"] if args.semantic else []),
+        "datasketch",
+        "datatrove",
+    ]
+    semantic = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.semantic_set)}
     raw_dir = work / "raw"  # each system's removals and timings, to score again without rerunning
     raw_dir.mkdir(exist_ok=True)
     results = {}
     for name in systems:
         if name == "datatrove":
             name = f"datatrove ({args.datatrove_tokenizer})"
+        if name == "sftpipe+semantic" and args.semantic_set:
+            name += f" ({','.join(args.semantic_set)})"
         saved = raw_dir / f"{name.replace(' ', '_')}.json"
         if args.evaluate_only:
             raw = json.loads(saved.read_text())
@@ -587,6 +676,8 @@ def main() -> None:
             print(f"running {name}...", file=sys.stderr)
             if name == "sftpipe":
                 raw = run_sftpipe(work, args.workers)
+            elif name.startswith("sftpipe+semantic"):
+                raw = run_sftpipe(work, args.workers, "sftpipe_semantic", semantic)
             elif name == "datasketch":
                 raw = run_datasketch(work)
             else:

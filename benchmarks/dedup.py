@@ -38,6 +38,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -91,15 +92,7 @@ SYNONYMS = dict(
         "maybe:perhaps very:highly really:truly so:therefore then:afterwards next:following "
         "first:initially like:such_as want:wish think:believe know:understand say:state "
         "tell:inform look:appear seem:appear list:enumerate explain:describe create:generate "
-        "following:subsequent provide:supply ensure:guarantee can:could will:would should:ought_to "
-        "must:has_to this:that these:those some:certain all:every each:every more:further "
-        "other:alternative new:novel using:utilizing used:utilized makes:creates made:created "
-        "based:founded data:information number:quantity time:period work:function set:configure "
-        "add:append run:execute return:yield value:amount user:person code:program file:document "
-        "text:content helps:assists uses:utilizes gets:obtains needs:requires shows:demonstrates "
-        "between:among within:inside without:lacking into:inside_of using:employing while:whereas "
-        "if:provided_that when:once because:as how:in_what_way what:which here:below "
-        "following:below important:crucial simple:straightforward"
+        "following:subsequent provide:supply ensure:guarantee"
     ).split()
 )  # fmt: skip
 CONTRACTIONS = {"do not": "don't", "it is": "it's", "can not": "can't", "cannot": "can't",
@@ -598,6 +591,55 @@ def micro(work: Path, n: int) -> dict:
     return out
 
 
+def text_choice(work: Path, n: int, threshold: float) -> dict:
+    """What to embed, measured: for `n` hard negatives (whole families, in corpus order) and `n`
+    reworded copies with their originals, the share of pairs whose embeddings reach `threshold`
+    (candidates) when each `dedup.semantic.text` mode is embedded. Hard negatives are pairs of one
+    family (should not be candidates), copies pairs with their original (should be)."""
+    from sftpipe.data.dedup.params import DedupParams
+    from sftpipe.data.dedup.scan import Scan
+    from sftpipe.data.dedup.semantic import CHARS_PER_TOKEN, embed, texts
+
+    truth = json.loads((work / "truth.json").read_text())["truth"]
+    sem = DedupParams().semantic
+    ids = []
+    with open(work / "corpus.jsonl", "rb") as fh:
+        ids = [orjson.loads(line)["id"] for line in fh]
+    row = {rid: k for k, rid in enumerate(ids)}
+    hard = [rid for rid in ids if truth[rid]["kind"] == "hard_negative"]
+    groups: dict[tuple, list[int]] = {}
+    for rid in hard:
+        t = truth[rid]
+        if len(groups) < n or (t["family"], t["group"]) in groups:
+            groups.setdefault((t["family"], t["group"]), []).append(row[rid])
+    copies = [rid for rid in ids if truth[rid].get("copy") == "reword"][:n]
+    pairs = [(row[c], row[truth[c]["origin"]]) for c in copies]
+    rows = np.unique(np.array([r for g in groups.values() for r in g] + [r for p in pairs for r in p]))
+    at = {r: k for k, r in enumerate(rows.tolist())}
+    with tempfile.TemporaryDirectory() as tmp:
+        scan = Scan(work / "corpus.jsonl", DedupParams(), 42, None, Path(tmp), "local", 1)
+        out: dict = {"families": len(groups), "copies": len(pairs), "threshold": threshold}
+        for mode in ("prefix", "distinct"):
+            t0 = time.process_time()
+            got = texts(scan, rows, mode, sem.max_seq_length * CHARS_PER_TOKEN)
+            vecs = embed(got, sem.model, sem.batch_size, sem.max_seq_length)
+            fam: Counter = Counter()
+            fam_pairs: Counter = Counter()
+            for (family, _), g in groups.items():
+                k = np.array([at[r] for r in g])
+                sims = vecs[k] @ vecs[k].T
+                iu = np.triu_indices(len(k), 1)
+                fam[family] += int((sims[iu] >= threshold).sum())
+                fam_pairs[family] += len(iu[0])
+            cos = np.array([vecs[at[a]] @ vecs[at[b]] for a, b in pairs])
+            out[mode] = {
+                "hard_negative_pairs_candidates": {f: round(fam[f] / fam_pairs[f], 4) for f in sorted(fam)},
+                "reword_copies_candidates": round(float((cos >= threshold).mean()), 4),
+                "cpu_seconds": round(time.process_time() - t0, 1),
+            }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "dedup"), help="scratch folder")
@@ -628,6 +670,10 @@ def main() -> None:
     ap.add_argument(
         "--evaluate-only", action="store_true", help="score the saved outputs of the last run again"
     )
+    ap.add_argument(
+        "--text-choice", type=int, metavar="N",
+        help="embed N hard-negative families and N reworded copies per dedup.semantic.text mode",
+    )  # fmt: skip
     ap.add_argument("--datasketch-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
@@ -648,6 +694,10 @@ def main() -> None:
         print(f"corpus built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.micro:
         print(json.dumps(micro(work, args.micro)))
+        return
+    if args.text_choice:
+        threshold = yaml.safe_load((ROOT / "params.yaml").read_text())["dedup"]["semantic"]["threshold"]
+        print(json.dumps(text_choice(work, args.text_choice, threshold), indent=1))
         return
     truth = json.loads(meta.read_text())["truth"]
     kinds = Counter(t["kind"] for t in truth.values())

@@ -507,6 +507,12 @@ def test_semantic_merges_rewordings_not_exchanges_under_one_instruction(tmp_path
     assert any(m["status"] == "semantic_duplicate" for c in clusters for m in c["members"])
 
 
+def test_semantic_needs_near_dedup():
+    with pytest.raises(ValueError, match="semantic.enabled needs near.enabled"):
+        DedupParams.model_validate({"semantic": {"enabled": True}, "near": {"enabled": False}})
+    assert DedupParams.model_validate({"semantic": {"enabled": True}}).semantic.text == "distinct"
+
+
 def test_semantic_blocked_search_matches_full_matrix():
     from sftpipe.data.dedup.semantic import similar_pairs
 

@@ -10,7 +10,8 @@ Two streaming passes over the input, so no record is held as a Python object bey
    (band, bucket key, record) rows by shards of buckets: the same pairs, `ray`); pairs rejected
    unread by their lengths or token counts, each other pair verified on its tokens (`verify`);
    the verdicts replayed in pair order through a union-find of clusters, which decides what is
-   skipped (`clusters.replay`); optional semantic clusters (`semantic`); one survivor per
+   skipped (`clusters.replay`); optional semantic clusters among the survivors (`semantic`: close
+   embeddings, verified like near pairs at looser thresholds, replayed alike); one survivor per
    cluster, the best by rank (`clusters.ranks`);
 3. write (`report`): stream the input again, writing survivors (with `meta.cluster`) and rejected
    records, then the report and the largest clusters.

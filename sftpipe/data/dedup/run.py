@@ -10,7 +10,8 @@ Two streaming passes over the input, so no record is held as a Python object bey
    (band, bucket key, record) rows by shards of buckets: the same pairs, `ray`); pairs rejected
    unread by their lengths or token counts, each other pair verified on its tokens (`verify`);
    the verdicts replayed in pair order through a union-find of clusters, which decides what is
-   skipped (`clusters.replay`); optional semantic clusters (`semantic`); one survivor per
+   skipped (`clusters.replay`); optional semantic clusters among the survivors (`semantic`: close
+   embeddings, verified like near pairs at looser thresholds, replayed alike); one survivor per
    cluster, the best by rank (`clusters.ranks`);
 3. write (`report`): stream the input again, writing survivors (with `meta.cluster`) and rejected
    records, then the report and the largest clusters.
@@ -40,8 +41,9 @@ from sftpipe.data.dedup.minhash import candidate_pairs
 from sftpipe.data.dedup.params import DedupParams, NearParams, SemanticParams
 from sftpipe.data.dedup.ray import ray_candidate_pairs
 from sftpipe.data.dedup.report import cluster_rows, listed_clusters, report_stats, write_records
-from sftpipe.data.dedup.scan import Scan, semantic_texts
+from sftpipe.data.dedup.scan import Scan
 from sftpipe.data.dedup.verify import (
+    DIFFERENT,
     FEW_SHARED,
     SAME,
     SKIPPED,
@@ -78,10 +80,10 @@ def dedup(
         # absolute: a Ray worker, here or on another node, has another working directory
         scan = Scan(path, params, seed, index, Path(tmp).absolute(), engine, workers)
         uf, exact_root, stats = _exact_and_near(scan, params, engine, workers)
-    alive = np.flatnonzero(scan.cmask == 0)
-    near_root = roots(uf)
-    if params.semantic.enabled:
-        stats["semantic"] = _semantic(scan, uf, alive, near_root, params.semantic)
+        alive = np.flatnonzero(scan.cmask == 0)
+        near_root = roots(uf)
+        if params.semantic.enabled:  # inside: its candidates are verified on the spilled tokens
+            stats["semantic"] = _semantic(scan, uf, alive, near_root, params.semantic, engine, workers)
     root = roots(uf)
     reason = _reasons(scan, index, alive, root, exact_root, near_root)
 
@@ -155,21 +157,30 @@ def _near(
 
 
 def _semantic(
-    scan: Scan, uf: UnionFind[np.ndarray], alive: np.ndarray, near_root: np.ndarray, sem: SemanticParams
-) -> dict:
-    """Join the near-cluster survivors whose embeddings are close; returns the pass's counters."""
-    from sftpipe.data.dedup.semantic import embed, similar_pairs
+    scan: Scan, uf: UnionFind[np.ndarray], alive: np.ndarray, near_root: np.ndarray, sem: SemanticParams,
+    engine: Engine, workers: int,
+) -> dict:  # fmt: skip
+    """Join the near-cluster survivors whose embeddings are close and whose differing parts verify
+    (near dedup's check at the semantic thresholds); returns the pass's counters."""
+    from sftpipe.data.dedup.semantic import CHARS_PER_TOKEN, embed, similar_pairs, texts
 
-    survivors = np.array([i for i in alive.tolist() if near_root[i] == i], dtype=np.int64)
+    survivors = alive[near_root[alive] == alive]
     vecs = embed(
-        semantic_texts(scan, survivors, sem.max_seq_length * 8),
-        sem.model, sem.batch_size, sem.max_seq_length, len(survivors),
+        texts(scan, survivors, sem.text, sem.max_seq_length * CHARS_PER_TOKEN),
+        sem.model, sem.batch_size, sem.max_seq_length,
     )  # fmt: skip
     pairs = survivors[similar_pairs(vecs, sem.threshold, sem.block)]
     del vecs
-    for a, b in pairs.tolist():
-        uf.union(a, b)
-    return {"embedded": len(survivors), "pairs": len(pairs)}
+    check = NearParams(threshold=sem.verify_threshold, part_threshold=sem.part_threshold)
+    status = check_pairs(pairs, scan.locations(), check, str(scan.tmp), engine, workers)
+    joined = replay(uf, pairs, status == SAME)
+    return {
+        "embedded": len(survivors),
+        "candidate_pairs": len(pairs),
+        "verified": int(np.count_nonzero(~joined & (status == SAME))),
+        "rejected_by_verification": int(np.count_nonzero(~joined & (status == DIFFERENT))),
+        "skipped_already_clustered": int(joined.sum()),
+    }
 
 
 def _reasons(

@@ -253,14 +253,3 @@ class Scan:
         """(part, first message, messages) of every record, int32 [n, 3]: what `Tokens.conversation`
         takes. Verification workers get it once and look pairs up in it."""
         return np.stack([self.chunk, self.first, self.n_msgs], axis=1).astype(np.int32)
-
-
-def semantic_texts(scan: Scan, rows: np.ndarray, max_chars: int):
-    """The text to embed of each of `rows` (ascending), reading only the parts that hold them."""
-    starts = np.searchsorted(scan.chunk, np.arange(len(scan.parts)))  # each part's first row
-    parts, first = np.unique(scan.chunk[rows], return_index=True)
-    for p, lo, hi in zip(parts.tolist(), first.tolist(), [*first[1:].tolist(), len(rows)], strict=True):
-        lines = [line for _, line in scan.parts[p].lines()]
-        for i in rows[lo:hi].tolist():
-            rec = orjson.loads(lines[i - starts[p]])
-            yield "\n".join(turn_text(m) for m in rec["messages"] if m["role"] != "system")[:max_chars]

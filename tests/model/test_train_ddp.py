@@ -63,6 +63,7 @@ def test_torchrun_on_two_processes_matches_one(tiny, tmp_path):
     assert sorted(p.name for p in (two / ".cache/checkpoints").iterdir()) == [
         "checkpoint-3",
         "checkpoint-6",
+        "sftpipe_complete",
         "sftpipe_run.json",
     ]
     assert r1["steps"] == r2["steps"] == 6 and r1["tokens_seen"] == r2["tokens_seen"]

@@ -223,10 +223,10 @@ def test_canary_secret_reaches_no_param_tag_metric_or_artifact(stage_repo):
             i.dataset.source + (i.dataset.profile or "") + (i.dataset.schema or "")
             for i in run.inputs.dataset_inputs
         ]
-        assert not [t for t in texts if CANARY in t], run.data.tags["stage"]
+        assert not [t for t in texts if CANARY in t], run.info.run_name
         root = Path(run.info.artifact_uri.removeprefix("file://"))
         files = [f for f in root.rglob("*") if f.is_file()]
-        assert files
+        assert files or "stage" not in run.data.tags  # a build's parent run holds no files
         assert not [f for f in files if CANARY.encode() in f.read_bytes()]
     # The store itself, byte for byte (params, tags, inputs all live in it).
     assert CANARY.encode() not in (stage_repo["repo"] / "mlflow.db").read_bytes()

@@ -12,8 +12,7 @@ at the end in a few calls, so MLflow never sits inside a stage's work, and a fai
 leaves a FAILED run with its params.
 
 The parent run is found or made by the first stage of a build, keyed by what defines the build:
-the experiment name (`DVC_EXP_NAME`), the git commit, params.yaml and the uncommitted changes to
-tracked files (dvc.lock and reports/ aside). It holds the whole params.yaml as params (keyed
+the experiment name (`DVC_EXP_NAME`), the git commit and params.yaml. It holds the whole params.yaml as params (keyed
 `section.key`, as every stage run is) and the headline metrics of reports/summary.json, so
 learning rate and val loss sit in one view.
 
@@ -319,29 +318,17 @@ def _experiment(mlflow: Any, uri: str) -> str:
 
 def build_key(root: Path | None = None) -> tuple[str, str]:
     """(key, run name) of the build a stage belongs to: stages of one `dvc repro` or one
-    experiment share them; a changed params.yaml, commit or working tree starts another build."""
+    experiment share them; another experiment, commit or params.yaml starts another build. The
+    working tree's other changes are left out on purpose: an experiment's own stages rewrite
+    tracked files as they go, which split one build in two."""
     import hashlib
 
     root = root or Path(os.environ.get("DVC_ROOT") or Path.cwd())
     commit, _ = git_commit(root)
-    try:
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", ".", ":!dvc.lock", ":!reports"],
-            cwd=root,
-            capture_output=True,
-            timeout=20,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        diff = b""
     params = root / "params.yaml"
     exp = os.environ.get("DVC_EXP_NAME", "")
     h = hashlib.sha256()
-    for part in (
-        exp.encode(),
-        (commit or "").encode(),
-        params.read_bytes() if params.is_file() else b"",
-        diff,
-    ):
+    for part in (exp.encode(), (commit or "").encode(), params.read_bytes() if params.is_file() else b""):
         h.update(hashlib.sha256(part).digest())
     name = exp or f"repro {commit[:7] if commit else 'workspace'}"
     return h.hexdigest()[:16], name

@@ -316,6 +316,12 @@ def _experiment(mlflow: Any, uri: str) -> str:
         return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
+def _workspace() -> Path:
+    """The project the stage runs in (an experiment's own workspace, not mapped back like
+    `repo_root`): its params.yaml is the build's."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
 def build_key(root: Path | None = None) -> tuple[str, str]:
     """(key, run name) of the build a stage belongs to: stages of one `dvc repro` or one
     experiment share them; another experiment, commit or params.yaml starts another build. The
@@ -323,7 +329,7 @@ def build_key(root: Path | None = None) -> tuple[str, str]:
     tracked files as they go, which split one build in two."""
     import hashlib
 
-    root = root or Path(os.environ.get("DVC_ROOT") or Path.cwd())
+    root = root or _workspace()
     commit, _ = git_commit(root)
     params = root / "params.yaml"
     exp = os.environ.get("DVC_EXP_NAME", "")
@@ -347,7 +353,7 @@ def _parent(client: Any, exp_id: str, secrets: list[str]) -> str:
     run_id = client.create_run(
         exp_id, run_name=name, tags={k: scrub(v, secrets) for k, v in tags.items()}
     ).info.run_id
-    params_file = Path(os.environ.get("DVC_ROOT") or Path.cwd()) / "params.yaml"
+    params_file = _workspace() / "params.yaml"
     if params_file.is_file():
         from sftpipe.core.config import load_yaml  # YAML 1.2, as DVC and the stages read it
 
@@ -424,22 +430,13 @@ def _log_model(mlflow: Any, run_id: str, run: StageRun) -> None:
     import importlib.metadata
 
     import mlflow.transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from sftpipe.model.evaluate import load_trained  # an adapter on the base, or a full model
 
     spec = run.model or {}
     sft: Path = spec["sft"]
-    model: Any
-    if (sft / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        from sftpipe.model.train import quiet_peft
-
-        with quiet_peft():
-            model = PeftModel.from_pretrained(
-                AutoModelForCausalLM.from_pretrained(str(spec["base"])), str(sft)
-            )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(sft))
+    model = load_trained(spec["base"], sft, "cpu")
     reqs = [f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "transformers", "peft", "accelerate")]
     digests = {f"dataset.{d['path']}": run.digest(d["path"]) or "missing" for d in run.datasets}
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():

@@ -38,9 +38,7 @@ def summarize(reports: str | Path) -> dict[str, Any]:
     if splits := metrics.get("splits"):
         out["rows"] = {name: split["total"] for name, split in sorted(splits.items())}
         out["train_tokens"] = metrics.get("tokens", {}).get("train", {}).get("total")
-    read = sum(s["in"] for name, s in stages.items() if name.startswith("ingest/")) + stages.get(
-        "distill", {}
-    ).get("in", 0)
+    read = sum(s["in"] for name, s in stages.items() if name.startswith("ingest/") or name == "distill")
     if read and "export" in stages:
         out["kept"] = round(stages["export"]["out"] / read, 4)
     if (dedup := stages.get("dedup")) and dedup["in"]:

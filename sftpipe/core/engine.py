@@ -17,10 +17,12 @@ cluster every node must see the part's files: a shared filesystem, or an fsspec 
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
 import pickle
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -98,8 +100,8 @@ def split_lines(path: str | Path, lines_per_part: int) -> list[Part]:
 _STATE: dict[str, Any] = {}
 
 
-def _init_local(setup: Callable, setup_args: tuple) -> None:
-    _STATE["state"] = setup(*setup_args)
+def _init_local(setup: Callable, setup_args: tuple, state: Any = None) -> None:
+    _STATE["state"] = setup(*setup_args) if state is None else state
 
 
 def _run_local(fn: Callable, part: Any):
@@ -118,25 +120,40 @@ def ordered_map(
     setup_args: tuple = (),
     engine: Engine = "local",
     workers: int = 1,
+    state: Any = None,
 ) -> Iterator[R]:
     """`fn(state, part)` for every part, yielded in part order; `state = setup(*setup_args)` is
     built once per worker (compiled patterns, a tokenizer). At most a few parts per worker are in
     flight, so memory stays flat however large the input. `fn`, `setup` and `setup_args` travel
     to the workers pickled: module-level functions and plain data. Local workers are spawned, so
     they import the calling script again: a script that calls this (or a stage function that
-    does) with several workers must do so under `if __name__ == "__main__":`, as the stages do."""
+    does) with several workers must do so under `if __name__ == "__main__":`, as the stages do.
+
+    `state`, when given, is that state already built in this process: one local worker uses it,
+    and several are forked with it (on Linux) instead of spawned to build their own, which saves
+    each the imports and the setup (seconds per worker for a tokenizer). Pass it only from a
+    process whose thread pools survive a fork: numpy's BLAS, pyarrow's allocator and the
+    tokenizers library handle it (format's driver has started nothing else); rensa's pool does not."""
     if engine == "ray":
         yield from _ray_map(fn, parts, setup, setup_args, workers)
     elif workers <= 1 or len(parts) <= 1:
-        state = setup(*setup_args)
+        if state is None:
+            state = setup(*setup_args)
         for part in parts:
             yield fn(state, part)
     else:
-        # spawn, not fork: this process may run threads (rensa's and the tokenizers' pools,
-        # Arrow's) that a fork would copy stopped, and a worker waiting on them hangs. Not
+        fork = state is not None and sys.platform == "linux"
+        # spawn, not fork, by default: this process may run threads (rensa's and the tokenizers'
+        # pools, Arrow's) that a fork would copy stopped, and a worker waiting on them hangs. Not
         # forkserver either: its pool made ingest's driver 1.8x slower at 1M (spawn: as fast as fork)
-        ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(min(workers, len(parts)), initializer=_init_local, initargs=(setup, setup_args))
+        ctx = multiprocessing.get_context("fork" if fork else "spawn")
+        initargs = (setup, setup_args, state if fork else None)
+        if fork:
+            # the children's collector would otherwise write to every object they inherit, copying
+            # the whole heap page by page on their first collection (the gc docs' advice for fork)
+            gc.freeze()
+        pool = ctx.Pool(min(workers, len(parts)), initializer=_init_local, initargs=initargs)
+        gc.unfreeze()
         try:
             pending: deque = deque()
             for part in parts:

@@ -3,6 +3,7 @@ the stages' outputs do not depend on the engine or the number of workers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,39 @@ def test_ordered_map_keeps_part_order_and_builds_state_per_worker(tmp_path):
     assert one == two
     assert [n for _, ns in two for n in ns] == list(range(1000))
     assert {s for s, _ in two} == {"S"}
+
+
+class _Unpicklable:
+    """A worker state that cannot travel pickled: only a fork can hand it to a worker."""
+
+    def __init__(self):
+        self.tag = lambda: "driver"
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def _tagged(state, part):
+    import os
+
+    return state.tag(), os.getpid(), [int(line) for _, line in part.lines()]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers start from a built state by fork on Linux")
+def test_a_built_state_reaches_forked_workers_without_setup(tmp_path):
+    path = tmp_path / "n.txt"
+    path.write_bytes(b"".join(b"%d\n" % i for i in range(100)))
+    parts = split_lines(path, 7)
+    got = list(ordered_map(_tagged, parts, setup=_no_setup, workers=2, state=_Unpicklable()))
+    assert [n for _, _, ns in got for n in ns] == list(range(100))
+    assert {tag for tag, _, _ in got} == {"driver"}
+    assert len({pid for _, pid, _ in got}) == 2 and os.getpid() not in {pid for _, pid, _ in got}
+    one = list(ordered_map(_tagged, parts, setup=_no_setup, workers=1, state=_Unpicklable()))
+    assert {pid for _, pid, _ in one} == {os.getpid()}  # one worker: this process, no setup
+
+
+def _no_setup():
+    raise AssertionError("a worker with a built state must not run setup")
 
 
 def test_a_worker_error_names_the_file_and_line(tmp_path):

@@ -25,7 +25,7 @@ from sftpipe.data.format.formatter import (
     format_file,
     format_records,
 )
-from sftpipe.data.format.tokenizer import IGNORE, Encoded, ensure_pad_token
+from sftpipe.data.format.tokenizer import IGNORE, Encoded, FastBPE, ensure_pad_token
 from sftpipe.data.ingest import ingest
 from sftpipe.io.sources import SourceSpec
 from tests.conftest import GPT2, ROOT
@@ -327,6 +327,34 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, gpt2_dir, monkeypatch):
         with pytest.raises(fmt.FormatError, match=rf"^{src}:5: invalid JSON"):
             format_file(src, gpt2_dir, FormatParams(template="chat"), tmp_path / "out", workers=workers)
         assert not (tmp_path / "out").exists()
+
+
+def test_forked_workers_after_the_driver_used_the_tokenizers_threads(tmp_path, gpt2_dir, monkeypatch):
+    """The tokenizers library's thread pool, once used by this process, is copied stopped into
+    forked workers; with a tokenizer that tiktoken cannot reproduce (a normalizer) the workers
+    encode through that library, which notices the fork and runs single-threaded: the stage
+    finishes and writes what one process writes."""
+    nfc = tmp_path / "nfc"
+    nfc.mkdir()
+    definition = json.loads((gpt2_dir / "tokenizer.json").read_text())
+    definition["normalizer"] = {"type": "NFC"}
+    (nfc / "tokenizer.json").write_text(json.dumps(definition))
+    config = json.loads((gpt2_dir / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (nfc / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = AutoTokenizer.from_pretrained(nfc)
+    assert FastBPE.of(tok) is None
+    tok.backend_tokenizer.encode_batch([f"warm the pool {i}" for i in range(5000)])  # threads start
+    monkeypatch.setattr(fmt, "CHUNK", 4)
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, [rec(str(i), [u(f"Question {i}?"), a(f"Answer {i}.")]) for i in range(40)])
+    got = {}
+    for workers in (2, 1):
+        tally, extra = format_file(
+            src, nfc, FormatParams(template="chat"), tmp_path / f"w{workers}", workers=workers
+        )
+        got[workers] = outputs(tmp_path / f"w{workers}", tally, extra)
+    assert got[1] == got[2] and tally.n_out == 40
 
 
 def test_sanity_failure_in_a_worker_writes_nothing(tmp_path, gpt2_dir, monkeypatch):

@@ -408,10 +408,16 @@ def _token_columns(encoded: list[Encoded]) -> tuple[pa.Array, pa.Array]:
     np.add.at(edges, bounds[:, 0], 1)
     np.add.at(edges, bounds[:, 1], -1)
     labels = np.where(np.cumsum(edges[:-1]) > 0, ids, np.int32(IGNORE)).astype(np.int32)
-    pa_offsets = pa.array(offsets)
-    return pa.ListArray.from_arrays(pa_offsets, pa.array(ids)), pa.ListArray.from_arrays(
-        pa_offsets, pa.array(labels)
-    )
+    pa_offsets = _int32(offsets)
+    input_ids = pa.ListArray.from_arrays(pa_offsets, _int32(ids))
+    return input_ids, pa.ListArray.from_arrays(pa_offsets, _int32(labels))
+
+
+def _int32(values: np.ndarray) -> pa.Array:
+    """An int32 Arrow array over a numpy buffer, without a copy; `pa.array(ndarray)` would import
+    pandas on its first call (half a second in each new worker)."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
 
 
 def to_table(items: list[_Item]) -> pa.Table:
@@ -486,18 +492,18 @@ class _Chunk:
 class _Job:
     """A worker's state: the tokenizer and a formatter, built once and used for every chunk."""
 
-    def __init__(self, tokenizer, params: FormatParams, chunk: int):
-        self.tok, self.chunk = tokenizer, chunk
+    def __init__(self, tokenizer, params: FormatParams, chunk: int, one_thread: bool = False):
+        self.tok, self.chunk, self.one_thread = tokenizer, chunk, one_thread
         self.formatter = Formatter(tokenizer, params)
 
     @classmethod
     def load(cls, tokenizer_path: str, params: FormatParams, chunk: int, one_thread: bool) -> _Job:
-        if one_thread:
-            # one tokenizer thread per worker process: workers x threads stay within the cores
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        return cls(load_tokenizer(tokenizer_path), params, chunk)
+        return cls(load_tokenizer(tokenizer_path), params, chunk, one_thread)
 
     def run(self, numbered: list[tuple[int, dict]]) -> _Chunk:
+        if self.one_thread:
+            # one tokenizer thread per worker process: workers x threads stay within the cores
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         rejected = _Rejected()
         tally = Tally(rejected)
         kept = self.formatter.chunk(numbered, tally)
@@ -596,16 +602,18 @@ def format_file(
         raise FormatError(f"{src}: no such file (run the dedup stage first)")
     tokenizer = load_tokenizer(tokenizer_path)
     pad_token_set = ensure_pad_token(tokenizer)
-    # a template that cannot work fails here, before any worker starts
-    formatter = Formatter(tokenizer, params)
     parts = split_lines(src, CHUNKS_PER_PART * CHUNK)
     workers = max(1, min(workers, len(parts)))
     # A lone local process lets the tokenizer use every core; several workers get one thread each.
     one_thread = engine == "ray" or workers > 1
+    # Built here first, so a template that cannot work fails before any worker starts; local
+    # workers then start from it (forked), Ray actors build their own.
+    job = _Job(tokenizer, params, CHUNK, one_thread)
+    pa.array([""])  # pyarrow imports pandas on its first array: once here, not in every forked worker
     results = ordered_map(
         _format_part, parts, setup=_Job.load, setup_args=(str(tokenizer_path), params, CHUNK, one_thread),
-        engine=engine, workers=workers,
+        engine=engine, workers=workers, state=job,
     )  # fmt: skip
     total = sum(p.n_lines for p in parts)
     chunks = chain.from_iterable(results)
-    return _write(chunks, formatter, out_dir, str(tokenizer_path), pad_token_set, total)
+    return _write(chunks, job.formatter, out_dir, str(tokenizer_path), pad_token_set, total)

@@ -37,6 +37,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, write_json
 from sftpipe.data.split import SPLITS, _hash
+from sftpipe.io.schemas.sharegpt import RESULTS_JOIN
 
 Format = Literal["prompt_completion", "text", "sharegpt", "alpaca", "messages"]
 # The rows as trainers read them (input_ids, attention_mask, labels), then the record they came from.
@@ -166,23 +167,37 @@ def _alpaca(messages: list[dict], meta: dict) -> dict:
 
 
 def _sharegpt(messages: list[dict]) -> list[dict]:
-    """ShareGPT turns in LLaMA-Factory's form: an assistant's calls as a `function_call` turn (one
-    call as an object, parallel calls as a list) after its text, if any; its reasoning as a
-    `<think>` block at the start of its text (ingest reads it back with `reasoning: split`)."""
+    """ShareGPT turns in LLaMA-Factory's form, which alternates strictly (human/observation, then
+    gpt/function_call): an assistant's reasoning as a `<think>` block at the start of its value
+    (ingest reads it back with `reasoning: split`); a turn with calls as one `function_call` turn
+    (one call as an object, parallel calls as a list). Its reasoning goes in front of the JSON as
+    the `<think>` block LLaMA-Factory's FunctionFormatter takes (the one place it has for text beside
+    a call), and so does any text the turn says before calling, after the reasoning: read back, that
+    text is part of the turn's thinking. The results of parallel calls are one `observation`, joined
+    as LLaMA-Factory joins them."""
     out = []
     for m in messages:
-        value = m["content"]
-        if m.get("reasoning"):
-            value = f"<think>\n{m['reasoning']}\n</think>\n\n{value}"
         calls = [
             {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
             for c in m.get("tool_calls", ())
         ]
-        if value or not calls:
-            out.append({"from": SHAREGPT_ROLE[m["role"]], "value": value})
         if calls:
-            call = calls[0] if len(calls) == 1 else calls
-            out.append({"from": "function_call", "value": orjson.dumps(call).decode()})
+            thought = "\n\n".join(t for t in (m.get("reasoning", ""), m["content"]) if t)
+            value = orjson.dumps(calls[0] if len(calls) == 1 else calls).decode()
+            out.append(
+                {
+                    "from": "function_call",
+                    "value": f"<think>\n{thought}\n</think>\n\n{value}" if thought else value,
+                }
+            )
+            continue
+        value = m["content"]
+        if m.get("reasoning"):
+            value = f"<think>\n{m['reasoning']}\n</think>\n\n{value}"
+        if m["role"] == "tool" and out and out[-1]["from"] == "observation":
+            out[-1]["value"] += RESULTS_JOIN + value  # parallel calls' results: one observation
+            continue
+        out.append({"from": SHAREGPT_ROLE[m["role"]], "value": value})
     return out
 
 

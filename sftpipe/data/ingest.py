@@ -170,9 +170,9 @@ class _Ingest:
             rows = [row for _, row in tree]
             converted, fate = oasst.resolve(rows, self.spec.mode, self.spec.langs)
             if limit is not None:
-                for _, messages, meta in converted[limit:]:
+                for cut in converted[limit:]:
                     self.tally.seen()
-                    self.tally.drop("max_samples", {"messages": messages, "meta": meta}, **tree[0][0])
+                    self.tally.drop("max_samples", {"messages": cut[1], "meta": cut[2]}, **tree[0][0])
                 converted = converted[:limit]
                 limit -= len(converted)
             for k, (where, row) in enumerate(tree):

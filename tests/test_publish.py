@@ -156,7 +156,8 @@ def test_generated_dataset_card(tmp_path):
         "Supervised fine-tuning data built by the sftpipe pipeline (tokenized, split by cluster).\n\n"
         "- dataset digest: `sha256:abc`\n"
         "- splits: train 5, val 1, test 1\n"
-        "- columns: `id`, `source`, `cluster`, `text`, `input_ids`, `attention_mask`, `labels`\n"
+        "- columns: `id`, `source`, `cluster`, `text`, `input_ids`, `attention_mask`, `labels`, `messages`, "
+        "`tools`, `meta`\n"
         "- template: `chatml`\n"
         "- params digest: `0123`\n"
     )
@@ -225,8 +226,11 @@ def test_store_round_trip_through_a_url_source(s3, tmp_path):
     train.to_parquet(str(tmp_path / "local.parquet"))
     ingest("back", SourceSpec(path=str(tmp_path / "local.parquet")), tmp_path / "local")
     assert records == list(read_jsonl(tmp_path / "local" / "records.jsonl"))
-    assert [r["id"] for r in records] == [f"back/{i}" for i in train["id"]]
-    assert [r["messages"][0]["content"] for r in records] == train["text"]
+    assert [r["id"] for r in records] == [
+        f"back/{i.split('/', 1)[1]}" for i in train["id"]
+    ]  # the canonical adapter's ids
+    # The rows carry their records: read back, they are the conversations, not the rendered text.
+    assert [r["messages"] for r in records] == train["messages"]
 
 
 def test_store_endpoint_from_params(s3, tmp_path, monkeypatch):
@@ -290,7 +294,10 @@ def test_store_round_trip_real_corpus(s3, tmp_path, corpora, gpt2_dir):
     tally = ingest("back", SourceSpec(url=url), tmp_path / "back")
     assert tally.as_dict() == {"in": 100, "out": 100, "dropped": {}}
     back = list(read_jsonl(tmp_path / "back" / "records.jsonl"))
-    assert [r["messages"][0]["content"] for r in back] == [r["prompt"] + r["completion"] for r in rows[:100]]
+    assert [r["messages"] for r in back] == [
+        [{"role": "user", "content": r["prompt"].strip()}, {"role": "assistant", "content": r["completion"]}]
+        for r in rows[:100]
+    ]
     table = pq.read_table(
         io.BytesIO(client.get_object(Bucket=bucket, Key=url[5 + len(bucket) + 1 :])["Body"].read())
     )

@@ -1,7 +1,9 @@
 """export: the mixed splits in the formats trainers load, plus metadata and sanity checks.
 
 - data/processed/hf/: a `datasets.DatasetDict` (save_to_disk layout) with input_ids, attention_mask,
-  labels, id, source, text (and copy, cluster); its fingerprint is a digest of its shard bytes;
+  labels, id, source, text (and copy, cluster), and the conversation as TRL's SFTTrainer reads it:
+  `messages` (canonical turns, tool calls and reasoning included) and `tools` (null when none),
+  and the record's `meta`: ingest reads a row back as its record; its fingerprint is a digest of its shard bytes;
 - data/processed/jsonl/<format>/<split>.jsonl for every format in `export.formats`;
 - data/processed/parquet/<split>.parquet; data/processed/metadata.json.
 
@@ -33,11 +35,15 @@ from tqdm import tqdm
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
-from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
+from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, write_json
 from sftpipe.data.split import SPLITS, _hash
+from sftpipe.io.schemas.sharegpt import RESULTS_JOIN
 
 Format = Literal["prompt_completion", "text", "sharegpt", "alpaca", "messages"]
-HF_COLUMNS = ("id", "source", "cluster", "copy", "text", "input_ids", "attention_mask", "labels")
+# The rows as trainers read them (input_ids, attention_mask, labels), then the record they came from.
+HF_COLUMNS: tuple[str, ...] = ("id", "source", "cluster", "copy", "text", "input_ids", "attention_mask")
+HF_COLUMNS += ("labels", "messages", "tools", "meta")
+HF_DERIVED = {"attention_mask": "input_ids", "tools": "meta"}  # HF columns built from another column
 JSONL_COLUMNS = {
     "prompt_completion": ("id", "prompt", "completion"),
     "text": ("id", "text"),
@@ -161,23 +167,37 @@ def _alpaca(messages: list[dict], meta: dict) -> dict:
 
 
 def _sharegpt(messages: list[dict]) -> list[dict]:
-    """ShareGPT turns in LLaMA-Factory's form: an assistant's calls as a `function_call` turn (one
-    call as an object, parallel calls as a list) after its text, if any; its reasoning as a
-    `<think>` block at the start of its text (ingest reads it back with `reasoning: split`)."""
+    """ShareGPT turns in LLaMA-Factory's form, which alternates strictly (human/observation, then
+    gpt/function_call): an assistant's reasoning as a `<think>` block at the start of its value
+    (ingest reads it back with `reasoning: split`); a turn with calls as one `function_call` turn
+    (one call as an object, parallel calls as a list). Its reasoning goes in front of the JSON as
+    the `<think>` block LLaMA-Factory's FunctionFormatter takes (the one place it has for text beside
+    a call), and so does any text the turn says before calling, after the reasoning: read back, that
+    text is part of the turn's thinking. The results of parallel calls are one `observation`, joined
+    as LLaMA-Factory joins them."""
     out = []
     for m in messages:
-        value = m["content"]
-        if m.get("reasoning"):
-            value = f"<think>\n{m['reasoning']}\n</think>\n\n{value}"
         calls = [
             {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
             for c in m.get("tool_calls", ())
         ]
-        if value or not calls:
-            out.append({"from": SHAREGPT_ROLE[m["role"]], "value": value})
         if calls:
-            call = calls[0] if len(calls) == 1 else calls
-            out.append({"from": "function_call", "value": orjson.dumps(call).decode()})
+            thought = "\n\n".join(t for t in (m.get("reasoning", ""), m["content"]) if t)
+            value = orjson.dumps(calls[0] if len(calls) == 1 else calls).decode()
+            out.append(
+                {
+                    "from": "function_call",
+                    "value": f"<think>\n{thought}\n</think>\n\n{value}" if thought else value,
+                }
+            )
+            continue
+        value = m["content"]
+        if m.get("reasoning"):
+            value = f"<think>\n{m['reasoning']}\n</think>\n\n{value}"
+        if m["role"] == "tool" and out and out[-1]["from"] == "observation":
+            out[-1]["value"] += RESULTS_JOIN + value  # parallel calls' results: one observation
+            continue
+        out.append({"from": SHAREGPT_ROLE[m["role"]], "value": value})
     return out
 
 
@@ -273,6 +293,28 @@ def with_attention_mask(table: pa.Table) -> pa.Table:
     return table.append_column("attention_mask", pa.ListArray.from_arrays(pa.array(offsets), ones))
 
 
+def hf_table(table: pa.Table, columns: list[str]) -> pa.Table:
+    """`columns` of the HF dataset from a split's rows: the attention mask from input_ids; the record
+    as datasets' Json feature, so a loaded row holds the canonical `messages` (a list of dicts, the
+    conversational form SFTTrainer reads), `tools` (kept in meta by format; null when none) and
+    `meta` (without the tools), and ingest reads an HF row back as the record it was made from."""
+    if "attention_mask" in columns:
+        table = with_attention_mask(table)
+    if "messages" in columns:
+        table = table.set_column(
+            table.schema.get_field_index("messages"), "messages", table["messages"].cast(pa.json_())
+        )
+    if "meta" in columns:
+        metas, tools = [], []
+        for m in table["meta"].to_pylist():
+            meta = orjson.loads(m) if m and '"tools"' in m else None  # most rows are passed on as they are
+            tools.append(dumps(meta.pop("tools")).decode() if meta and meta.get("tools") else None)
+            metas.append(m if meta is None else dumps(meta).decode())
+        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, pa.json_()))
+        table = table.append_column("tools", pa.array(tools, pa.json_()))
+    return table.select(columns)
+
+
 def _hf_split(split: Split, folder: Path, batch_size: int) -> tuple[list[str], str, pa.Schema]:
     """Stream one split's HF columns into Arrow shards in `folder`, written by datasets' own writer.
 
@@ -284,18 +326,19 @@ def _hf_split(split: Split, folder: Path, batch_size: int) -> tuple[list[str], s
     from datasets.arrow_writer import ArrowWriter
 
     names = schema(split).names
-    columns = [c for c in HF_COLUMNS if c in names or c == "attention_mask"]
-    hf_schema = with_attention_mask(schema(split).empty_table()).select(columns).schema
+    columns = [c for c in HF_COLUMNS if (c in names and c not in HF_DERIVED) or HF_DERIVED.get(c) in names]
+    hf_schema = hf_table(schema(split).empty_table(), columns).schema
     features = Features.from_arrow_schema(hf_schema)
     n_shards = max(1, -(-num_rows(split) // HF_SHARD_ROWS))
     files = [f"data-{i:05d}-of-{n_shards:05d}.arrow" for i in range(n_shards)]
     folder.mkdir(parents=True)
-    read = rechunk(batches(split, [c for c in columns if c != "attention_mask"], batch_size), HF_WRITE_ROWS)
+    sources = [c for c in names if c in columns or c in [HF_DERIVED.get(d) for d in columns]]
+    read = rechunk(batches(split, sources, batch_size), HF_WRITE_ROWS)
     with _progress(split, folder.name, "hf") as bar:
         for file in files:
             writer = ArrowWriter(features=features, path=str(folder / file))
             for chunk in itertools.islice(read, HF_SHARD_ROWS // HF_WRITE_ROWS):
-                writer.write_table(with_attention_mask(chunk).select(columns))
+                writer.write_table(hf_table(chunk, columns))
                 bar.update(chunk.num_rows)
             writer.finalize()
     digest = hashlib.sha256()  # not blake2b: sha256 has CPU support, ~3x faster on GBs of shards
@@ -469,7 +512,6 @@ def collate_check(table: pa.Table, tokenizer, n: int = COLLATE_ROWS) -> dict:
 def metadata(data_params: dict, source_names: list[str], survey: Survey, reports: Path) -> dict:
     """What a consumer of the dataset needs to know: counts, token lengths, template, tokenizer,
     a digest of the data params, and each source's format and input digest (from the reports)."""
-    from sftpipe.core.jsonio import dumps
 
     fmt = orjson.loads((reports / "format.json").read_bytes()) if (reports / "format.json").exists() else {}
     sources = {}

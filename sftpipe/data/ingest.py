@@ -155,14 +155,26 @@ class _Ingest:
     # the rest are the tree's own filtering and selection.
     BAD_FLAT = frozenset({"bad_message", "duplicate_message", "orphan", "cycle"})
 
-    def finish_trees(self) -> None:
-        """Rebuild the gathered OASST trees; every row is kept (a conversation ends on it) or dropped."""
+    def finish_trees(self, limit: int | None = None) -> None:
+        """Rebuild the gathered OASST trees; every row is kept (a conversation ends on it) or dropped.
+
+        With a `limit`, trees are taken in the order their first row came until they have given
+        that many conversations; the rest are not taken, as rows past `max_samples` in any other
+        source (a conversation of the last tree past the limit is dropped as `max_samples`)."""
         if self.trees is None:
             return
         convert = _Convert(self.name, self.spec, "oasst")
         for tree in self.trees:
+            if limit is not None and limit <= 0:
+                break
             rows = [row for _, row in tree]
             converted, fate = oasst.resolve(rows, self.spec.mode, self.spec.langs)
+            if limit is not None:
+                for cut in converted[limit:]:
+                    self.tally.seen()
+                    self.tally.drop("max_samples", {"messages": cut[1], "meta": cut[2]}, **tree[0][0])
+                converted = converted[:limit]
+                limit -= len(converted)
             for k, (where, row) in enumerate(tree):
                 if k in fate:
                     self.tally.seen()
@@ -235,12 +247,13 @@ def ingest(
             job = _Ingest(name, spec, out, tally, scratch=tmp)
             progress = tqdm(desc=f"ingest {name}", unit=" rec", mininterval=1, disable=None)
             for outcome in _outcomes(name, spec, job, engine, workers):
-                gathered = job.trees.n if job.trees else 0  # OASST flat rows read, accounted at the end
-                if spec.max_samples is not None and tally.n_in + gathered >= spec.max_samples:
+                # OASST flat rows are one message each: max_samples counts the conversations their
+                # trees give (finish_trees), and a tree's rows may come anywhere, so all are read.
+                if spec.max_samples is not None and tally.n_in >= spec.max_samples:
                     break
                 job.apply(outcome)
                 progress.update()
-            job.finish_trees()
+            job.finish_trees(None if spec.max_samples is None else spec.max_samples - tally.n_in)
             progress.close()
         if tally.n_in == 0:
             if spec.on_bad_record == "error":

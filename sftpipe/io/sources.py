@@ -55,7 +55,7 @@ class SourceSpec(Section):
     cache_dir: str | None = None
     """Hub cache folder (a filled one lets a hub source load offline)."""
     max_samples: int | None = None
-    """Read at most this many input records."""
+    """Read at most this many input records (OASST flat rows, one message each: conversations)."""
     lang: str | list[str] | None = None
     """Keep only records whose language field is one of these (records without one are kept)."""
     license: str | None = None

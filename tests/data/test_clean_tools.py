@@ -67,6 +67,49 @@ def test_reasoning_only_turn_is_removed_and_counted():
     assert {"empties.turns", "empties.reasoning_only", "roles.merged"} <= changes
 
 
+def test_pii_in_call_arguments_is_replaced_and_counted(tmp_path):
+    key = "sk-" + "a1B2c3D4" * 4
+    args = {"to": ["ann@example.com", "bob"], "opts": {"phone": "+1 415 555 0100", "retries": 3, "cc": None},
+            "body": f"use {key}", "ok": True}  # fmt: skip
+    call = {"id": "c1", "type": "function", "function": {"name": "mail", "arguments": args}}
+    msgs = [
+        {"role": "user", "content": "Mail Ann."},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sent from ops@example.com", "tool_call_id": "c1", "name": "mail"},
+        {"role": "assistant", "content": "Done."},
+    ]
+    out, reason, changes = _clean(msgs, pii={"enabled": True})
+    assert reason is None and changes == {"pii.email", "pii.phone", "pii.api_key"}
+    assert out[1]["tool_calls"][0]["function"]["arguments"] == {
+        "to": ["<EMAIL>", "bob"], "opts": {"phone": "<PHONE>", "retries": 3, "cc": None},
+        "body": "use <API_KEY>", "ok": True,
+    }  # fmt: skip
+    assert out[1]["tool_calls"][0]["id"] == "c1" and out[2]["content"] == "sent from <EMAIL>"
+    assert args["to"][0] == "ann@example.com"  # the input record is not changed in place
+    # The stage report counts them with the others.
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "t/1", "source": "t", "messages": msgs, "meta": {}}])
+    tally, extra = clean([tmp_path / "in.jsonl"], tmp_path / "out", CleanParams(pii={"enabled": True}))
+    assert extra["pii_replacements"] == {"api_key": 1, "email": 2, "ip": 0, "phone": 1}
+    (got,) = read_jsonl(tmp_path / "out" / "records.jsonl")
+    assert got["messages"] == out
+
+
+def test_boilerplate_in_call_arguments_drops_the_conversation():
+    refusal = {"name": "reply", "arguments": {"thread": 7, "parts": ["As an AI language model, I cannot."]}}
+    msgs = [{"role": "user", "content": "Answer Bob."},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": refusal}]},
+            {"role": "tool", "content": "ok", "tool_call_id": "c1"}, {"role": "assistant", "content": "Replied."}]  # fmt: skip
+    changes: set[str] = set()
+    out, reason, detail = Cleaner(CleanParams())({"id": "t/1", "messages": msgs, "meta": {}}, changes, {})
+    assert (out, reason, detail) == (
+        None,
+        "boilerplate",
+        "turn 1 tool call arguments: 'As an AI language model'",
+    )
+    refusal["arguments"] = {"thread": 7, "parts": ["Hi Bob, see you at 5."]}
+    assert _clean(msgs)[1] is None
+
+
 def test_real_tool_corpora_through_clean(corpora, tmp_path):
     for name, n_out, dropped in (
         ("glaive_toolcall_zh_demo.json", 298, {"roles.tool_without_call": 2}),
@@ -79,6 +122,19 @@ def test_real_tool_corpora_through_clean(corpora, tmp_path):
         before = {r["id"]: r for r in read_jsonl(tmp_path / name / "records.jsonl")}
         calls = lambda rs: sum(len(m.get("tool_calls", ())) for r in rs for m in r["messages"])  # noqa: E731
         assert calls(recs) == calls(before[r["id"]] for r in recs)  # no call lost in a kept record
+
+
+def test_real_tool_arguments_lose_their_emails(corpora, tmp_path):
+    """glaive's calls hold 7 of its 17 emails (register_user, create_event attendees...)."""
+    ingest("s", SourceSpec(path=str(corpora / "glaive_toolcall_zh_demo.json")), tmp_path / "in")
+    tally, extra = clean(
+        [tmp_path / "in" / "records.jsonl"], tmp_path / "out", CleanParams(pii={"enabled": True})
+    )
+    assert (tally.n_out, extra["pii_replacements"]) == (298, {"api_key": 0, "email": 17, "ip": 0, "phone": 0})
+    recs = list(read_jsonl(tmp_path / "out" / "records.jsonl"))
+    args = [c["function"]["arguments"] for r in recs for m in r["messages"] for c in m.get("tool_calls", ())]
+    assert all(isinstance(a, dict) for a in args)
+    assert sum(str(a).count("<EMAIL>") for a in args) == 7 and not any("@example.com" in str(a) for a in args)
 
 
 @pytest.mark.parametrize("differ", ["arguments", "reasoning", "none"])

@@ -11,6 +11,7 @@ import pytest
 from sftpipe.data import export
 from sftpipe.data.export import (
     SanityError,
+    hf_table,
     jsonl_rows,
     length_stats,
     metadata,
@@ -160,7 +161,7 @@ def test_outputs_do_not_depend_on_batch_size(tmp_path, gpt2, monkeypatch):
     assert len(list((out / "hf" / "train").glob("data-*-of-00002.arrow"))) == 2
     dsd = datasets.load_from_disk(str(out / "hf"))
     for name, table in parts.items():
-        want = with_attention_mask(table).select(list(dsd[name].column_names)).to_pylist()
+        want = datasets.Dataset(hf_table(table, list(dsd[name].column_names))).to_list()
         assert dsd[name].to_list() == want
         assert pq.read_table(out / "parquet" / f"{name}.parquet").equals(table)
         for fmt in formats:

@@ -85,3 +85,34 @@ def test_filters_orphans_cycles_accounted(tmp_path):
     assert not (tmp_path / "o" / "oasst_rows.sqlite").exists()
     with pytest.raises(IngestError, match="orphan"):
         ingest("o", SourceSpec(path=str(src), on_bad_record="error"), tmp_path / "e")
+
+
+@pytest.mark.parametrize("mode", ["best", "all"])
+def test_max_samples_counts_conversations_of_flat_rows(corpora, tmp_path, mode):
+    """max_samples: 10 on flat rows gives 10 conversations (it once gave the 10 first messages'
+    worth: a tree or two), the first 10 of the whole source's, with every row taken accounted."""
+    flat = str(corpora / "oasst1_en_100_flat.jsonl")
+    tally = ingest("o", SourceSpec(path=flat, mode=mode, max_samples=10), tmp_path / "ten")
+    ingest("o", SourceSpec(path=flat, mode=mode), tmp_path / "all")
+    got = list(read_jsonl(tmp_path / "ten" / "records.jsonl"))
+    assert got == list(read_jsonl(tmp_path / "all" / "records.jsonl"))[:10]
+    assert tally.n_out == 10 and tally.n_in == tally.n_out + sum(tally.dropped.values())
+    if mode == "best":  # one conversation a tree: the same records as the first 10 trees
+        tree = str(corpora / "oasst1_en_100_tree.jsonl")
+        ingest("o", SourceSpec(path=tree, mode=mode, max_samples=10), tmp_path / "trees")
+        assert (tmp_path / "ten" / "records.jsonl").read_bytes() == (
+            tmp_path / "trees" / "records.jsonl"
+        ).read_bytes()
+
+
+def test_max_samples_cuts_inside_a_tree_and_counts_it(tmp_path):
+    rows = [_row("r", None), _row("a1", "r", role="assistant"), _row("a2", "r", role="assistant"),
+            _row("a3", "r", role="assistant"), _row("s", None, tree="u"), _row("b", "s", tree="u", role="assistant")]  # fmt: skip
+    src = _write(tmp_path / "flat.jsonl", rows[::-1])  # any order: tree u's rows come first
+    tally = ingest("o", SourceSpec(path=str(src), mode="all", max_samples=2), tmp_path / "out")
+    ids = [r["id"] for r in read_jsonl(tmp_path / "out" / "records.jsonl")]
+    assert ids == ["o/b", "o/a3"]  # tree u first (its first row came first), then t's first path
+    assert dict(tally.dropped) == {"oasst.context": 2, "max_samples": 2}
+    assert (tally.n_in, tally.n_out) == (6, 2)
+    rejected = [r["reason"] for r in read_jsonl(tmp_path / "out" / "rejected.jsonl")]
+    assert sorted(rejected) == ["max_samples", "max_samples", "oasst.context", "oasst.context"]

@@ -87,6 +87,23 @@ def test_sharegpt_parallel_calls_and_plain_rows_unchanged():
     assert plain == [(None, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], {})]
 
 
+def test_sharegpt_llama_factory_thought_and_joined_results():
+    """A function_call value may start with a <think> block (LLaMA-Factory's FunctionFormatter takes
+    one); one observation after parallel calls may hold their results joined as LLaMA-Factory joins
+    them, and is split only when it holds exactly one result per call."""
+    call = '<think>\nadd both\n</think>\n\n[{"name": "add", "arguments": {"a": 1}}, {"name": "add", "arguments": {"a": 2}}]'
+    joined = "1\n</tool_response>\n<tool_response>\n2"
+    row = {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": call},
+                             {"from": "observation", "value": joined}, {"from": "gpt", "value": "3"}]}  # fmt: skip
+    [(_, m, _)] = CONVERTERS["sharegpt"](row)
+    assert [x["role"] for x in m] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert m[1]["content"] == "<think>\nadd both\n</think>"  # the source's reasoning mode decides
+    assert [(x["content"], x["tool_call_id"]) for x in m[2:4]] == [("1", "call_1_0"), ("2", "call_1_1")]
+    row["conversations"][1]["value"] = '{"name": "add", "arguments": {"a": 1}}'  # one call: one result
+    [(_, m, _)] = CONVERTERS["sharegpt"](row)
+    assert [x["role"] for x in m] == ["user", "assistant", "tool", "assistant"] and m[2]["content"] == joined
+
+
 def test_think_split_keep_drop():
     msgs = [
         {"role": "user", "content": "q"},

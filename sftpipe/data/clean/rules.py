@@ -12,7 +12,9 @@ redacted only in what survives.
 Tool calling and reasoning: an assistant turn that only calls a function is not empty; a tool
 result (even an empty one) is kept, and must answer a call of the assistant turn before it
 (`roles.tool_without_call` otherwise); merged assistant turns keep every call and trace; text
-normalization, lengths and PII cover reasoning too, and lengths count a turn's calls.
+normalization, lengths and PII cover reasoning too, and lengths count a turn's calls; PII and
+boilerplate see the string values of a call's arguments (PII is replaced there, and counted, as in
+text; the arguments stay a JSON object of the same shape).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -108,7 +110,7 @@ class CleanParams(Section):
     """Drop conversations with an assistant turn matching one of `boilerplate_patterns`."""
     boilerplate_patterns: list[str] = BOILERPLATE
     """Case-insensitive regexes (Python syntax; run by RE2 when it can) for refusals and model
-    self-talk, searched in assistant turns."""
+    self-talk, searched in assistant turns (their text and their calls' argument strings)."""
     lang: LangParams = LangParams()
     pii: PiiParams = PiiParams()
 
@@ -282,10 +284,15 @@ class Cleaner:
         if self._boiler is None:
             return msgs
         for i, m in enumerate(msgs):
-            if m["role"] == "assistant":
-                hit = self._boiler.search(m["content"])
-                if hit:
-                    raise Drop("boilerplate", f"turn {i}: {hit.group(0)!r}")
+            if m["role"] != "assistant":
+                continue
+            hit = self._boiler.search(m["content"])
+            if hit:
+                raise Drop("boilerplate", f"turn {i}: {hit.group(0)!r}")
+            # A refusal written into a call (a message to send, a note to file) is the same junk.
+            for text in _strings([c["function"].get("arguments") for c in m.get("tool_calls", ())]):
+                if hit := self._boiler.search(text):
+                    raise Drop("boilerplate", f"turn {i} tool call arguments: {hit.group(0)!r}")
         return msgs
 
     def _lang(self, msgs, meta, changes, replaced):
@@ -324,15 +331,45 @@ class Cleaner:
     def _pii(self, msgs, meta, changes, replaced):
         out = msgs
         for i, m in enumerate(msgs):
+            new: dict = {}
+            found: Counter[str] = Counter()
             for key in ("content", "reasoning") if "reasoning" in m else ("content",):
-                text, counts = self._redact(out[i][key])
+                text, counts = self._redact(m[key])
                 if counts:
-                    if out is msgs:
-                        out = list(msgs)
-                    out[i] = {**out[i], key: text}
-                    replaced.update(counts)
-                    changes.update(f"pii.{k}" for k in counts)
+                    new[key] = text
+                    found.update(counts)
+            if m.get("tool_calls"):
+                calls, counts = self._redact_calls(m["tool_calls"])
+                if counts:
+                    new["tool_calls"] = calls
+                    found.update(counts)
+            if found:
+                if out is msgs:
+                    out = list(msgs)
+                out[i] = {**m, **new}
+                replaced.update(found)
+                changes.update(f"pii.{k}" for k in found)
         return out
+
+    def _redact_calls(self, calls: list[dict]) -> tuple[list[dict], Counter]:
+        """The calls with PII replaced in every string value of their arguments (keys are the
+        function's parameter names, not data), and the replacements per kind."""
+        assert self._redact is not None  # built when the pii rule is on, and only that rule calls here
+        redact, counts = self._redact, Counter[str]()
+
+        def one(text: str) -> str:
+            text, n = redact(text)
+            counts.update(n)
+            return text
+
+        out = [
+            {
+                **c,
+                "function": {**c["function"], "arguments": _map_strings(c["function"].get("arguments"), one)},
+            }
+            for c in calls
+        ]
+        return out, counts
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -349,6 +386,26 @@ def _merge(a: dict, b: dict) -> dict:
     if calls:
         merged["tool_calls"] = calls
     return merged
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string value in a JSON value (object keys excluded), depth first."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict | list):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _strings(v)
+
+
+def _map_strings(value: object, fn: Callable[[str], str]) -> object:
+    """`value` (a JSON value) with `fn` applied to each string value; keys and shape are kept."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
 
 
 def _check_results(msgs: list[dict]) -> None:

@@ -45,7 +45,6 @@ sys.path.insert(0, str(ROOT))
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, loads, read_jsonl, write_json  # noqa: E402
 from sftpipe.data.ingest import ingest  # noqa: E402
 from sftpipe.io.sources import SourceSpec  # noqa: E402
-from sftpipe.runtime.cli import dvc_stage  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 EVAL_SETS = {"gsm8k_test.jsonl", "mt_bench_questions.jsonl"}
@@ -188,9 +187,19 @@ def tree_memory(proc: psutil.Process) -> int:
     return total
 
 
+def stage_cmd(repo: Path, stage: str, key: str) -> str:
+    """The stage's cmd as DVC resolves it (`key` is the foreach item of ingest)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        name = f"{stage}@{key}" if stage == "ingest" else stage
+        (resolved,) = dvc.stage.collect(f"{repo / 'dvc.yaml'}:{name}")
+        return resolved.cmd
+
+
 def run_stage(repo: Path, stage: str, log: Path) -> tuple[float, float, int]:
     """Run the stage's dvc.yaml cmd from `repo`; returns seconds, peak MB of its tree, exit code."""
-    argv = shlex.split(dvc_stage(stage, "scale", repo / "dvc.yaml")["cmd"])
+    argv = shlex.split(stage_cmd(repo, stage, "scale"))
     argv[0] = sys.executable if argv[0] == "python" else argv[0]
     # PYTHONPATH: the copy's own sftpipe, not the (changing) editable install.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

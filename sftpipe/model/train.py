@@ -183,13 +183,13 @@ def select_rows(ds, max_length: int | None, tally: Tally | None = None):
     cache files into the dataset's own folder, a DVC output of the export stage.
     """
     n_in = len(ds)
-    flags = ds.map(
+    flags = ds.select_columns(["input_ids", "labels"]).map(
         lambda b: {
             "_long": [max_length is not None and len(x) > max_length for x in b["input_ids"]],
             "_empty": [all(v == -100 for v in x) for x in b["labels"]],
         },
         batched=True,
-        remove_columns=ds.column_names,
+        remove_columns=["input_ids", "labels"],
         desc="checking rows",
         keep_in_memory=True,
     )

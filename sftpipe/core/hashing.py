@@ -18,9 +18,20 @@ def hex_digest(*parts: str | bytes, size: int = 16) -> str:
     return digest(*parts, size=size).hex()
 
 
+def sha256_hex(blob: bytes) -> str:
+    """sha256, for digests that name content outside the pipeline's own keys (request caches,
+    tokenizer and params fingerprints): the algorithm everyone can recompute."""
+    return hashlib.sha256(blob).hexdigest()
+
+
 def file_md5(paths: Iterable[str | Path]) -> str:
-    """md5 of the files' bytes, one after the other, read in 4 MB chunks."""
-    h = hashlib.md5()
+    """md5 of the files' bytes, one after the other (DVC's file hash)."""
+    return file_digest(paths, "md5")
+
+
+def file_digest(paths: Iterable[str | Path], algorithm: str = "sha256") -> str:
+    """Hex digest of the files' bytes, one after the other, read in 4 MB chunks."""
+    h = hashlib.new(algorithm)
     for path in paths:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 22):

@@ -10,10 +10,10 @@ something else entirely (`off_topic`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
+from sftpipe.core.hashing import digest
 from sftpipe.distill.slices import Chunk
 
 GOOD = ("lead", "tail")
@@ -94,7 +94,7 @@ def control_pairs(chunks: list[Chunk]) -> list[Control]:
         other = next(
             (c for c in chunks[i + 1 :] + chunks[:i] if c.slice_id != chunk.slice_id), None
         )  # the next chunk of another slice
-        pick = int.from_bytes(hashlib.blake2b(chunk.id.encode(), digest_size=2).digest(), "big")
+        pick = int.from_bytes(digest(chunk.id, size=2), "big")
         bad = {
             "other_slice": " ".join(sentences(other.content)[:2]) if other else "",
             "truncated": truncate(lead),

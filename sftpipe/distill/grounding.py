@@ -8,7 +8,6 @@ no sampling, so it is stable: the same pair always gets the same gain.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from pydantic import model_validator
 
 from sftpipe.core.config import Section
+from sftpipe.core.hashing import sha256_hex
 from sftpipe.distill.llm import RequestCache
 from sftpipe.distill.slices import DistillError
 
@@ -94,7 +94,7 @@ def model_identity(folder: str) -> str:
     root = Path(folder)
     check_model(GroundingParams(model=folder))
     sizes = sorted((p.name, p.stat().st_size) for p in root.glob("*.safetensors"))
-    config = hashlib.sha256((root / "config.json").read_bytes()).hexdigest()
+    config = sha256_hex((root / "config.json").read_bytes())
     return f"grounding:{config}:{sizes}"
 
 

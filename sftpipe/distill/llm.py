@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from pydantic import field_validator, model_validator
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import sha256_hex
 from sftpipe.core.jsonio import dumps
 from sftpipe.runtime.tracking import scrub
 
@@ -182,7 +182,7 @@ class RequestCache:
 
     @staticmethod
     def key(identity: str, request: dict) -> str:
-        return hashlib.sha256(dumps({"endpoint": identity, "request": request})).hexdigest()
+        return sha256_hex(dumps({"endpoint": identity, "request": request}))
 
     def get(self, key: str) -> dict | None:
         row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()

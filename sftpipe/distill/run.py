@@ -15,7 +15,6 @@ request cache on a re-run, so the same inputs give the same bytes. When more tha
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
+from sftpipe.core.hashing import digest
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
 from sftpipe.core.records import Drop, Record, make_record, message
 from sftpipe.distill.controls import Control, control_pairs
@@ -169,7 +169,7 @@ class DistillParams(Section):
 def seed_for(seed: int, *parts: object) -> int:
     """A per-request seed: stable for the same (seed, parts), different across samples and judges."""
     blob = "/".join(str(p) for p in (seed, *parts)).encode()
-    return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "big") & 0x7FFFFFFF
+    return int.from_bytes(digest(blob, size=4), "big") & 0x7FFFFFFF
 
 
 @dataclass
@@ -340,7 +340,7 @@ def check_errors(clients: Clients, params: DistillParams) -> None:
 def control_units(params: DistillParams, chunks: list[Chunk], start: int) -> list[Unit]:
     if not params.calibrate:
         return []
-    order = sorted(chunks, key=lambda c: hashlib.blake2b(c.id.encode(), digest_size=8).digest())
+    order = sorted(chunks, key=lambda c: digest(c.id, size=8))
     chosen = {c.id for c in order[: params.control_chunks]}
     controls = control_pairs([c for c in chunks if c.id in chosen])
     return [Unit(start + k, c.chunk, -1, pair=c.pair, control=c) for k, c in enumerate(controls)]

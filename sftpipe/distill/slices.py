@@ -3,12 +3,12 @@ on paragraph, sentence and word boundaries."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import hex_digest
 from sftpipe.core.records import Drop
 from sftpipe.io.readers import ReadError, read_file
 
@@ -80,11 +80,7 @@ def read_slices(path: str | Path) -> list[dict]:
             raise DistillError(f"{pos}: 'metadata' must be an object")
         if sid is not None and (not isinstance(sid, str | int) or isinstance(sid, bool) or str(sid) == ""):
             raise DistillError(f"{pos}: 'id' must be a non-empty string or an integer")
-        sid = (
-            str(sid)
-            if sid is not None
-            else "slice-" + hashlib.blake2b(content.encode(), digest_size=6).hexdigest()
-        )
+        sid = str(sid) if sid is not None else "slice-" + hex_digest(content, size=6)
         if sid in seen:
             raise DistillError(f"{pos}: id {sid!r} repeats the slice at {seen[sid]}")
         seen[sid] = pos

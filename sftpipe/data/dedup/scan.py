@@ -13,7 +13,6 @@ node shares, like the input.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from contextlib import nullcontext
 from itertools import accumulate, pairwise
@@ -26,6 +25,7 @@ from numpy.typing import DTypeLike
 from tqdm import tqdm
 
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
+from sftpipe.core.hashing import digest
 from sftpipe.core.records import turn_text
 from sftpipe.data.dedup.decontam import EvalIndex
 from sftpipe.data.dedup.minhash import codepoints, sequence_keys, shingles, signatures, tokenize
@@ -65,7 +65,7 @@ def _scan(ctx: dict, lines: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray, 
     empty = np.diff(coff) == 0
     for i in np.flatnonzero(empty):  # nothing to normalize: only byte-identical content is equal
         blob = orjson.dumps([[m["role"], turn_text(m)] for m in recs[i]["messages"]])
-        keys[i] = np.frombuffer(hashlib.blake2b(blob, digest_size=8).digest(), dtype=np.uint64)[0]
+        keys[i] = np.frombuffer(digest(blob, size=8), dtype=np.uint64)[0]
     out = {
         "ids": [r["id"] for r in recs],
         "sources": [r["source"] for r in recs],

@@ -12,7 +12,6 @@ engine and the number of workers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -31,6 +30,7 @@ from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.hashing import sha256_hex
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.core.records import Drop, has_output
 from sftpipe.data.format.templates import Rendered, Renderer, require_control_tokens
@@ -468,7 +468,7 @@ def tokenizer_info(tokenizer, path: str | Path, pad_token_set: bool, fast: bool)
         "pad_token": tokenizer.pad_token,
         "pad_token_set": pad_token_set,
         "encoder": "tiktoken" if fast else "tokenizers",
-        "digest": hashlib.sha256(blob).hexdigest()[:16],
+        "digest": sha256_hex(blob)[:16],
     }
 
 

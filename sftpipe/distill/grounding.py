@@ -8,6 +8,7 @@ no sampling, so it is stable: the same pair always gets the same gain.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.hashing import sha256_hex
 from sftpipe.distill.llm import RequestCache
 from sftpipe.distill.slices import DistillError
+from sftpipe.model.scoring import token_losses
 
 WITH = "Passage:\n{content}\n\nQuestion: {question}\n\nAnswer:"
 WITHOUT = "Question: {question}\n\nAnswer:"
@@ -56,37 +58,48 @@ def check_model(params: GroundingParams) -> None:
 
 
 class Scorer:
-    """The base model, loaded once; `gain` scores one pair."""
+    """The base model, loaded once; `gains` scores pairs in batches."""
+
+    BATCH = 8
 
     def __init__(self, params: GroundingParams):
         check_model(params)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.torch, self.params = torch, params
+        self.params = params
         self.tok = AutoTokenizer.from_pretrained(params.model)
         self.model = AutoModelForCausalLM.from_pretrained(params.model, dtype=torch.float32)
         self.model.eval()
 
-    def mean_logprob(self, prompt: str, response: str) -> float:
-        torch = self.torch
+    def _row(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        """The prompt's tokens (its end, when long) then the response's (at most half the
+        budget); only the response is scored."""
         answer = self.tok(" " + response, add_special_tokens=False)["input_ids"]
         answer = answer[: self.params.max_tokens // 2]
         context = self.tok(prompt, add_special_tokens=False)["input_ids"]
         context = context[-(self.params.max_tokens - len(answer)) :]
-        ids = torch.tensor([context + answer])
-        with torch.no_grad():
-            logits = self.model(ids).logits[0, len(context) - 1 : -1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        picked = logprobs.gather(1, torch.tensor(answer).unsqueeze(1))
-        return float(picked.mean())
+        return context + answer, [-100] * len(context) + answer
 
-    def gain(self, content: str, pair: dict) -> float:
-        question = _question(pair)
-        grounded = self.mean_logprob(WITH.format(content=content, question=question), pair["response"])
-        alone = self.mean_logprob(WITHOUT.format(question=question), pair["response"])
+    def gains(self, items: list[tuple[str, dict]]) -> list[float]:
+        """How much each passage raises the mean log-probability of its pair's response."""
+        from datasets import Dataset
+
+        rows: dict[str, list] = {"input_ids": [], "labels": []}
+        for content, pair in items:
+            question = _question(pair)
+            for prompt in (
+                WITH.format(content=content, question=question),
+                WITHOUT.format(question=question),
+            ):
+                ids, labels = self._row(prompt, pair["response"])
+                rows["input_ids"].append(ids)
+                rows["labels"].append(labels)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        losses = token_losses(self.model, Dataset.from_dict(rows), self.BATCH, pad, "cpu", desc="grounding")
+        logprobs = [-s / n if n else math.nan for s, n in losses]
         # Rounded so that float noise across machines and thread counts cannot flip a verdict's bytes.
-        return round(grounded - alone, 3)
+        return [round(logprobs[2 * i] - logprobs[2 * i + 1], 3) for i in range(len(items))]
 
 
 def model_identity(folder: str) -> str:
@@ -115,10 +128,9 @@ def gains(
                 found[i] = hit["gain"]
     todo = [i for i, g in enumerate(found) if g is None]
     if todo:
-        scorer = Scorer(params)
         print(f"distill grounding: scoring {len(todo)} pairs with {params.model}", file=sys.stderr)
-        for i in todo:
-            found[i] = gain = scorer.gain(*items[i])
+        for i, gain in zip(todo, Scorer(params).gains([items[i] for i in todo]), strict=True):
+            found[i] = gain
             if cache is not None:
                 cache.put(keys[i], {"gain": gain})
     return [g for g in found if g is not None]

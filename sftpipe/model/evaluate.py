@@ -23,13 +23,13 @@ split, `gen`, `task/<name>` or `judge`; `metric` says which way is better (`stat
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from sftpipe.core.config import Section
 from sftpipe.core.jsonio import read_jsonl, write_jsonl
 from sftpipe.model.judge import JudgeParams
+from sftpipe.model.scoring import progress, token_losses
 from sftpipe.model.stats import DIRECTION, paired, wilson
 from sftpipe.model.tasks import TaskSpec, load_items, score_generated
 from sftpipe.model.train import TrainError, id_order, pick_device, quiet_peft, select_rows
@@ -68,51 +68,6 @@ def _rows(dsd, split: str, params: EvaluateParams):
     ds = select_rows(dsd[split], params.max_length)
     order = id_order(ds)[: params.max_examples]
     return ds.select(sorted(order), keep_in_memory=True)
-
-
-def progress() -> dict:
-    """tqdm settings: a live bar on a terminal; in a log (CI, `dvc queue logs`) a line every 15 s,
-    so a long evaluation is never silent."""
-    tty = sys.stderr.isatty()
-    return {"file": sys.stderr, "mininterval": 0.1 if tty else 15.0, "ascii": not tty}
-
-
-def token_losses(
-    model, rows, batch_size: int, pad_id: int, device: str, desc: str = "scoring"
-) -> list[tuple[float, int]]:
-    """(summed loss, trained tokens) per row, in row order. Batches hold rows of similar length
-    (less padding to compute); the results come back in row order."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
-
-    lengths = [len(x) for x in rows["input_ids"]]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    by_length = rows.select(order, keep_in_memory=True) if hasattr(rows, "select") else rows
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(order)
-    model.eval()
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", **progress()):
-        batch = by_length[start : start + batch_size]
-        width = max(len(x) for x in batch["input_ids"])
-        ids = torch.full((len(batch["input_ids"]), width), pad_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        for i, (x, y) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        # Position t predicts token t + 1.
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-        loss = F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="none"
-        ).view(shift_labels.shape)
-        counts = (shift_labels != -100).sum(-1)
-        for k, (s, n) in enumerate(zip(loss.sum(-1).tolist(), counts.tolist(), strict=True)):
-            out[order[start + k]] = (s, n)
-    return out
 
 
 def summarize(losses: list[tuple[float, int]], sources: list[str]) -> dict:

@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 from pydantic import field_validator
-from tqdm import tqdm
 
 from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import file_md5
+from sftpipe.core.progress import bar
 from sftpipe.io.sources import NAME
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
@@ -292,7 +292,7 @@ def upload(files: dict[str, Path], store: StoreParams) -> dict[str, dict]:
     fs, root = store_fs(store)
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     done = {}
-    for rel in tqdm(sorted(files), desc="publish: store", unit="file", disable=None):
+    for rel in bar(sorted(files), desc="publish: store", unit="file"):
         path, target = files[rel], f"{root}/{rel}"
         try:
             if local:

@@ -36,6 +36,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import file_digest, sha256_hex
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, write_json
+from sftpipe.core.progress import bar
 from sftpipe.data.split import SPLITS, _hash
 from sftpipe.io.schemas.sharegpt import RESULTS_JOIN
 
@@ -130,7 +131,7 @@ def _fresh(table: pa.Table) -> pa.Table:
 
 
 def _progress(split: Split, name: str, what: str) -> tqdm:
-    return tqdm(total=num_rows(split), desc=f"export {what} {name}", unit=" rows", disable=None)
+    return bar(total=num_rows(split), desc=f"export {what} {name}", unit=" rows")
 
 
 SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}

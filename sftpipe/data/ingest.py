@@ -7,12 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal, TypeAlias
 
-from tqdm import tqdm
-
 from sftpipe.core.accounting import Tally
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
+from sftpipe.core.progress import bar
 from sftpipe.core.records import Message, Record, make_record
 from sftpipe.io.readers import files_in, jsonl_row
 from sftpipe.io.schemas import CONVERTERS, Drop, detect, oasst, reasoning
@@ -245,7 +244,7 @@ def ingest(
         with JsonlWriter(tmp / "records.jsonl") as out, JsonlWriter(tmp / "rejected.jsonl") as rejected:
             tally = Tally(rejected)
             job = _Ingest(name, spec, out, tally, scratch=tmp)
-            progress = tqdm(desc=f"ingest {name}", unit=" rec", mininterval=1, disable=None)
+            progress = bar(desc=f"ingest {name}", unit=" rec", mininterval=1)
             for outcome in _outcomes(name, spec, job, engine, workers):
                 # OASST flat rows are one message each: max_samples counts the conversations their
                 # trees give (finish_trees), and a tree's rows may come anywhere, so all are read.

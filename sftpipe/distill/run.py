@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import model_validator
-from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.hashing import digest
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, write_json
+from sftpipe.core.progress import bar
 from sftpipe.core.records import Drop, Record, make_record, message
 from sftpipe.distill.controls import Control, control_pairs
 from sftpipe.distill.gate import decide, judge_gate
@@ -256,7 +256,7 @@ class _Run:
         return unit
 
     async def run(self, units: list[Unit]) -> None:
-        progress = tqdm(total=len(units), desc="distill", unit=" pair", disable=None)
+        progress = bar(total=len(units), desc="distill", unit=" pair")
         for done in asyncio.as_completed([self.unit(u) for u in units]):
             await done
             progress.update()

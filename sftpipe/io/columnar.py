@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from sftpipe.core.hashing import hex_digest
 from sftpipe.core.jsonio import scratch
+from sftpipe.core.progress import bar
 
 ROW_GROUP = 16384  # rows per Parquet row group of the split/mix outputs
 BUCKET_BYTES = 1 << 30  # uncompressed bytes of rows held in memory at a time
@@ -161,7 +161,7 @@ def _bucket(pf: pq.ParquetFile, plans: list[_Plan], desc: str) -> None:
     """One pass over the input sending each wanted row of every output, with its output position
     `__pos`, to the bucket of that position."""
     offset = 0
-    progress = tqdm(total=pf.metadata.num_rows, desc=desc, unit=" row", disable=None)
+    progress = bar(total=pf.metadata.num_rows, desc=desc, unit=" row")
     for batch in _batches(pf):
         for plan in plans:
             plan.add(batch, offset)

@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 from sftpipe.core.config import Section
 from sftpipe.core.jsonio import read_jsonl, write_jsonl
+from sftpipe.core.progress import bar
 from sftpipe.model.judge import JudgeParams
-from sftpipe.model.scoring import progress, token_losses
+from sftpipe.model.scoring import token_losses
 from sftpipe.model.stats import DIRECTION, paired, wilson
 from sftpipe.model.tasks import TaskSpec, load_items, score_generated
 from sftpipe.model.train import TrainError, id_order, pick_device, quiet_peft, select_rows
@@ -155,14 +156,13 @@ def generate(
     """Greedy answers in left-padded batches: {"text", "ids", "stopped"} per prompt; `ids` end
     before the first end-of-turn token, and `stopped` says whether there was one."""
     import torch
-    from tqdm import tqdm
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
     out: list[dict] = [{}] * len(order)
     model.eval()
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", **progress()):
+    for start in bar(starts, desc=desc, unit="batch"):
         batch = [prompt_ids[i] for i in order[start : start + batch_size]]
         width = max(len(p) for p in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)

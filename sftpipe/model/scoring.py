@@ -3,14 +3,7 @@ distill's grounding gate compares (a response's likelihood with and without its 
 
 from __future__ import annotations
 
-import sys
-
-
-def progress() -> dict:
-    """tqdm settings: a live bar on a terminal; in a log (CI, `dvc queue logs`) a line every 15 s,
-    so a long evaluation is never silent."""
-    tty = sys.stderr.isatty()
-    return {"file": sys.stderr, "mininterval": 0.1 if tty else 15.0, "ascii": not tty}
+from sftpipe.core.progress import bar
 
 
 def token_losses(
@@ -20,7 +13,6 @@ def token_losses(
     (less padding to compute); the results come back in row order."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     lengths = [len(x) for x in rows["input_ids"]]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -28,7 +20,7 @@ def token_losses(
     out: list[tuple[float, int]] = [(0.0, 0)] * len(order)
     model.eval()
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", **progress()):
+    for start in bar(starts, desc=desc, unit="batch"):
         batch = by_length[start : start + batch_size]
         width = max(len(x) for x in batch["input_ids"])
         ids = torch.full((len(batch["input_ids"]), width), pad_id, dtype=torch.long)

@@ -29,13 +29,13 @@ from typing import Annotated, Literal
 import orjson
 import re2
 from pydantic import Field, field_validator, model_validator
-from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
+from sftpipe.core.progress import bar
 from sftpipe.core.records import Drop, has_output, turn_text
 from sftpipe.data.clean.pii import KINDS, Redactor
 from sftpipe.data.clean.textnorm import normalize, prose
@@ -512,7 +512,7 @@ def clean(
         tmp.mkdir()
         with JsonlWriter(tmp / "records.jsonl") as out, JsonlWriter(tmp / "rejected.jsonl") as rejected:
             tally = Tally(rejected)
-            progress = tqdm(desc="clean", unit=" rec", mininterval=1, disable=None)
+            progress = bar(desc="clean", unit=" rec", mininterval=1)
             results_by_part = ordered_map(
                 _clean_part, parts, setup=Cleaner, setup_args=(params,), engine=engine, workers=workers
             )

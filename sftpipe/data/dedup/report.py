@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.jsonio import JsonlWriter, atomic_path
+from sftpipe.core.progress import bar
 from sftpipe.data.dedup.decontam import EvalIndex
 from sftpipe.data.dedup.scan import Scan
 
@@ -71,7 +71,7 @@ def write_records(
             tally = Tally(rej)
             with open(path, "rb") as fh:
                 i = 0
-                for line in tqdm(fh, total=len(ids), desc="dedup write", unit=" rec", disable=None):
+                for line in bar(fh, total=len(ids), desc="dedup write", unit=" rec"):
                     if not line.strip():
                         continue
                     rec = orjson.loads(line)

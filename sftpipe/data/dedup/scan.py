@@ -22,10 +22,10 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 from numpy.typing import DTypeLike
-from tqdm import tqdm
 
 from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.hashing import digest
+from sftpipe.core.progress import bar
 from sftpipe.core.records import turn_text
 from sftpipe.data.dedup.decontam import EvalIndex
 from sftpipe.data.dedup.minhash import codepoints, sequence_keys, shingles, signatures, tokenize
@@ -209,9 +209,7 @@ class Scan:
         self.parts = split_lines(path, LINES_PER_PART)
         got: dict[str, list] = defaultdict(list)
         chunk: list[np.ndarray] = []
-        progress = tqdm(
-            total=sum(p.n_lines for p in self.parts), desc="dedup scan", unit=" line", disable=None
-        )
+        progress = bar(total=sum(p.n_lines for p in self.parts), desc="dedup scan", unit=" line")
         results = ordered_map(
             scan_part, self.parts, setup=scan_state, setup_args=(params, seed, index, str(tmp)),
             engine=engine, workers=workers,

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-from tqdm import tqdm
 
 from sftpipe.core.errors import SftpipeError
+from sftpipe.core.progress import bar
 from sftpipe.core.records import turn_text
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def embed(texts: list[str], model: str, batch_size: int, max_seq_length: int) ->
     out = np.zeros((len(texts), dim), dtype=np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     step = 16 * batch_size
-    with tqdm(total=len(texts), desc="dedup semantic embed", unit=" rec", disable=None) as progress:
+    with bar(total=len(texts), desc="dedup semantic embed", unit=" rec") as progress:
         for lo in range(0, len(order), step):
             rows = order[lo : lo + step]
             out[rows] = encoder.encode(

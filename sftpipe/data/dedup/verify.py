@@ -23,9 +23,9 @@ from functools import lru_cache
 
 import numpy as np
 from rapidfuzz.distance import Indel, LCSseq
-from tqdm import tqdm
 
 from sftpipe.core.engine import Engine, ordered_map
+from sftpipe.core.progress import bar
 from sftpipe.core.unionfind import UnionFind
 from sftpipe.data.dedup.params import NearParams
 from sftpipe.data.dedup.ray import verify_tasks
@@ -233,7 +233,7 @@ def check_pairs(
             _verify_task, jobs, setup=_verify_state, setup_args=(near, tmp, locations), workers=workers
         )
     status = np.full(len(pairs), -1, dtype=np.int8)
-    with tqdm(total=len(pairs), desc="dedup verify", unit=" pair", disable=None) as progress:
+    with bar(total=len(pairs), desc="dedup verify", unit=" pair") as progress:
         for t, got in zip(tasks, results, strict=True):
             status[t] = got
             progress.update(len(t))

@@ -24,7 +24,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import field_validator
-from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
@@ -32,6 +31,7 @@ from sftpipe.core.engine import Engine, Part, ordered_map, split_lines
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import sha256_hex
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
+from sftpipe.core.progress import bar
 from sftpipe.core.records import Drop, has_output
 from sftpipe.data.format.templates import Rendered, Renderer, require_control_tokens
 from sftpipe.data.format.tokenizer import (
@@ -542,7 +542,7 @@ def _write(
             pq.ParquetWriter(
                 tmp / "data.parquet", SCHEMA, compression="zstd", use_dictionary=["source"]
             ) as writer,
-            tqdm(desc="format", total=total, unit=" rec", mininterval=1, disable=None) as progress,
+            bar(desc="format", total=total, unit=" rec", mininterval=1) as progress,
         ):
             tally = Tally(rejected)
             stats = _Stats(params.max_length)

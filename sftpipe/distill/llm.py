@@ -1,9 +1,15 @@
 """An async chat-completions client for any OpenAI-compatible endpoint, built to survive bad days.
 
-Per endpoint: at most `max_concurrent` requests in flight, a request timeout, retries with
-exponential backoff and jitter on 429 (honouring `Retry-After`), 5xx, timeouts, dropped
-connections and malformed bodies, and a cap on attempts. A request that still fails comes back as
-a failed `Reply` with its reason; it never raises, so one bad request cannot stop a run.
+Per endpoint: at most `max_concurrent` requests in flight, a timeout per attempt and at most
+`max_attempts` attempts per request. The openai SDK retries what the transport gets wrong - 408,
+409, 429 and 5xx answers, timeouts, dropped connections - with its own exponential backoff and
+jitter (0.5 s doubling to 8 s), waiting out a server's `Retry-After`/`retry-after-ms` of up to two
+minutes instead (a longer one is not retried: the request fails). Other 4xx answers (a bad
+request, a bad key, an unknown model) are not retried. This client adds what the SDK cannot know:
+a malformed body or an empty answer (servers send one when overloaded or misconfigured) is retried
+at once, within the same `max_attempts`. A request that still fails comes back as a failed `Reply`
+with its reason; it never raises, so one bad request cannot stop a run. The SDK's delays cannot be
+set through its public API, so an endpoint has no backoff params: `max_attempts` is the knob.
 
 Completed requests are kept in a persistent `RequestCache` keyed by (endpoint, model, full
 request), so re-running after an interruption or a crash repeats no completed request and, since
@@ -14,13 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import os
-import random
 import re
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,11 +65,8 @@ class EndpointSpec(Section):
     timeout_s: float = 120.0
     """Seconds before one attempt is abandoned (and retried)."""
     max_attempts: int = 4
-    """Attempts per request, first included; after the last, the failure is recorded, not raised."""
-    backoff_s: float = 1.0
-    """First retry delay in seconds; doubles per attempt, with jitter."""
-    backoff_max_s: float = 60.0
-    """Longest delay between attempts, also the most of a `Retry-After` that is honoured."""
+    """Attempts per request, first included, the SDK's retries and ours alike; after the last, the
+    failure is recorded, not raised."""
     structured_output: StructuredOutput = "llama_cpp"
     """How to ask for JSON: llama_cpp (json_object + schema grammar), openai (json_schema: OpenAI,
     vLLM), json_mode (json_object alone: DashScope, most hosted APIs), off."""
@@ -96,8 +96,8 @@ class EndpointSpec(Section):
     def _positive(self) -> EndpointSpec:
         if self.max_concurrent < 1 or self.max_attempts < 1:
             raise ValueError("max_concurrent and max_attempts must be at least 1")
-        if self.timeout_s <= 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
-            raise ValueError("timeout_s must be positive, backoff_s and backoff_max_s not negative")
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
         return self
 
 
@@ -199,14 +199,12 @@ class RequestCache:
         self._db.close()
 
 
-class _Retry(Exception):
-    def __init__(self, reason: str, after: float | None = None, detail: str = ""):
+class _Failed(Exception):
+    """Why an attempt brought no answer: a reason for `stats` and the body, for the message."""
+
+    def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
-        self.reason, self.after, self.detail = reason, after, detail
-
-
-class _Fatal(_Retry):
-    """A failure that a retry would only repeat (bad request, auth, unknown model)."""
+        self.reason, self.detail = reason, detail
 
 
 def response_format(mode: StructuredOutput, name: str, schema: dict) -> dict | None:
@@ -254,7 +252,10 @@ def server_of(spec: EndpointSpec) -> str:
 
 
 class LLMClient:
-    """Chat completions against one endpoint; `stats` counts requests, retries, cache hits, failures.
+    """Chat completions against one endpoint. `stats` counts `calls`, `requests` (attempts sent,
+    the SDK's retries included), `retries`, `cache_hits`, `failed` and, per failed call, the reason
+    it failed with as `error:<reason>` (rate_limited, http_<status>, timeout, connection,
+    bad_response, empty_reply).
 
     `cache_only`: answer from the cache and nothing else; a miss comes back as a failed reply
     ("not_cached", counted in `stats["misses"]`) - to find out whether a run needs any server.
@@ -277,12 +278,12 @@ class LLMClient:
             import openai  # here, not at the top: it takes seconds to import and most stages never need it
 
             self._clients = [
-                # Retries are ours (counted, capped, Retry-After aware), so the SDK's own are off.
                 openai.AsyncOpenAI(
                     base_url=url,
                     api_key=endpoint.api_key or "none",
-                    max_retries=0,
+                    max_retries=self.spec.max_attempts - 1,
                     timeout=self.spec.timeout_s,
+                    http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._sent]}),
                 )
                 for url in endpoint.urls
             ]
@@ -291,6 +292,12 @@ class LLMClient:
         self._server_slots = server_slots or asyncio.Semaphore(self.spec.max_concurrent)
         self.stats: Counter[str] = Counter()
         self.first_error: tuple[str, str] | None = None  # (reason, scrubbed body) of the first failure
+
+    async def _sent(self, request: Any) -> None:
+        """Counts every attempt that goes out; the SDK numbers its own retries in this header."""
+        self.stats["requests"] += 1
+        if request.headers.get("x-stainless-retry-count", "0") != "0":
+            self.stats["retries"] += 1
 
     async def complete(self, request: dict) -> Reply:
         """One chat completion (`request` holds messages, temperature, seed, max_tokens...; the
@@ -310,56 +317,52 @@ class LLMClient:
         if self.cache_only:
             self.stats["misses"] += 1
             return Reply(False, error="not_cached")
-        failure = _Retry("unknown")
-        for attempt in range(1, self.spec.max_attempts + 1):
-            try:
-                content, finish, logprobs = await self._attempt(request)
-            except _Retry as exc:
-                failure = exc
-                self.stats[f"error:{exc.reason}"] += 1
-                if isinstance(exc, _Fatal):
-                    break
-                if attempt < self.spec.max_attempts:
-                    self.stats["retries"] += 1
-                    await asyncio.sleep(self._delay(attempt, exc.after))
-                continue
-            if cache is not None and key is not None:
-                answer = {"content": content, "finish_reason": finish}
-                cache.put(key, {**answer, "logprobs": logprobs} if logprobs is not None else answer)
-            return Reply(True, content, finish, logprobs=_top(logprobs))
-        self.stats["failed"] += 1
-        detail = scrub(scrub(failure.detail, [k for k in [self.endpoint.api_key] if k]))
-        self.first_error = self.first_error or (failure.reason, detail)
-        return Reply(False, error=failure.reason, detail=detail)
+        try:
+            content, finish, logprobs = await self._answer(request)
+        except _Failed as failure:
+            self.stats["failed"] += 1
+            self.stats[f"error:{failure.reason}"] += 1
+            detail = scrub(scrub(failure.detail, [k for k in [self.endpoint.api_key] if k]))
+            self.first_error = self.first_error or (failure.reason, detail)
+            return Reply(False, error=failure.reason, detail=detail)
+        if cache is not None and key is not None:
+            answer = {"content": content, "finish_reason": finish}
+            cache.put(key, {**answer, "logprobs": logprobs} if logprobs is not None else answer)
+        return Reply(True, content, finish, logprobs=_top(logprobs))
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.spec.backoff_max_s)
-        base = min(self.spec.backoff_max_s, self.spec.backoff_s * 2 ** (attempt - 1))
-        # Full jitter spreads out clients that failed together (e.g. after a server restart).
-        return base * (0.5 + random.random() / 2)
-
-    async def _attempt(self, request: dict) -> tuple[str, str | None, list | None]:
-        import openai
-
+    async def _answer(self, request: dict) -> tuple[str, str | None, list | None]:
+        """Attempts until a usable body, `max_attempts` in all, the SDK's retries and ours alike.
+        A malformed or empty body is retried at once: the request keeps its slots, so its retries
+        add no load beyond `max_concurrent`, and the SDK has no public hook to reuse its backoff."""
         # The entry's own slot first: waiting for it must not hold one of the server's.
         async with self._slots, self._server_slots:
             with self.balancer.pick() as i:
-                self.stats["requests"] += 1
-                try:
-                    raw = await self._clients[i].chat.completions.with_raw_response.create(**request)
-                    body = raw.text
-                except openai.RateLimitError as exc:
-                    raise _Retry("rate_limited", _retry_after(exc.response.headers), _body(exc)) from None
-                except openai.APIStatusError as exc:
-                    kind = _Retry if exc.status_code >= 500 or exc.status_code in (408, 409) else _Fatal
-                    after = _retry_after(exc.response.headers)
-                    raise kind(f"http_{exc.status_code}", after, _body(exc)) from None
-                except openai.APITimeoutError:
-                    raise _Retry("timeout", detail=f"no answer within {self.spec.timeout_s:g} s") from None
-                except openai.APIConnectionError as exc:
-                    raise _Retry("connection", detail=str(exc.__cause__ or exc)) from None
-        return _parse_completion(body)
+                client, left = self._clients[i], self.spec.max_attempts
+                while True:
+                    raw = await self._send(client, request)
+                    left -= raw.retries_taken + 1
+                    try:
+                        return _parse_completion(raw.text)
+                    except _Failed:
+                        if left <= 0:
+                            raise
+                    self.stats["retries"] += 1
+                    client = self._clients[i].with_options(max_retries=left - 1)
+
+    async def _send(self, client: Any, request: dict) -> Any:
+        """The raw response (its body not yet parsed) once the SDK got one; `_Failed` if it did not."""
+        import openai
+
+        try:
+            return await client.chat.completions.with_raw_response.create(**request)
+        except openai.RateLimitError as exc:
+            raise _Failed("rate_limited", _body(exc)) from None
+        except openai.APIStatusError as exc:
+            raise _Failed(f"http_{exc.status_code}", _body(exc)) from None
+        except openai.APITimeoutError:
+            raise _Failed("timeout", f"no answer within {self.spec.timeout_s:g} s") from None
+        except openai.APIConnectionError as exc:
+            raise _Failed("connection", str(exc.__cause__ or exc)) from None
 
     async def close(self) -> None:
         for client in self._clients:
@@ -397,8 +400,8 @@ def _logprobs(choice: dict) -> list | None:
 
 def _parse_completion(body: str) -> tuple[str, str | None, list | None]:
     """The first choice's text, finish reason and token log-probabilities (None unless sent) from
-    a chat-completions body, or a retry; an empty answer is retried (and never cached): servers
-    send one when overloaded or misconfigured."""
+    a chat-completions body; a malformed body or an empty answer raises `_Failed` (to be retried,
+    and never cached)."""
     try:
         data = json.loads(body)
         choice = data["choices"][0]
@@ -406,28 +409,11 @@ def _parse_completion(body: str) -> tuple[str, str | None, list | None]:
         if not isinstance(content, str):
             raise TypeError("content is not a string")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise _Retry("bad_response", detail=body[:500]) from None
+        raise _Failed("bad_response", detail=body[:500]) from None
     if not content.strip():
-        raise _Retry("empty_reply", detail=body[:500])
+        raise _Failed("empty_reply", detail=body[:500])
     try:
         logprobs = _logprobs(choice)
     except (KeyError, TypeError, AttributeError):
         logprobs = None  # malformed log-probabilities: the sampled answer still stands
     return content, choice.get("finish_reason"), logprobs
-
-
-def _retry_after(headers) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or an HTTP date) or `retry-after-ms`."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(ms) / 1000)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    return None

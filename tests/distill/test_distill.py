@@ -226,7 +226,7 @@ SLICES = [
 
 
 def make_params(tmp_path: Path, url: str, **over) -> DistillParams:
-    endpoint = {"base_url": url, "model": "fake", "backoff_s": 0.01, "timeout_s": 5.0}
+    endpoint = {"base_url": url, "model": "fake", "timeout_s": 5.0}
     slices = tmp_path / "slices.jsonl"
     if not slices.exists():
         write_lines(slices, SLICES)
@@ -339,7 +339,8 @@ def test_faults_change_nothing_in_the_output(tmp_path):
         distill(make_params(tmp_path, srv.url, cache_dir=None), 1, tmp_path / "calm")
 
     def storm(body, n):  # every request: a 500, a 429, a malformed body, then an answer
-        return [("status", 500), ("status", 429, 0), "malformed", "ok"][min(n, 3)]
+        # (a short Retry-After, which the SDK honours: its own backoff would take seconds a request)
+        return [("status", 500, 0.01), ("status", 429, 0.01), "malformed", "ok"][min(n, 3)]
 
     with FakeOpenAI(storm) as srv:
         tally, _ = distill(make_params(tmp_path, srv.url, cache_dir=None), 1, tmp_path / "storm")
@@ -349,7 +350,7 @@ def test_faults_change_nothing_in_the_output(tmp_path):
 
 def test_requests_failing_after_the_cap_are_counted_when_tolerated(tmp_path):
     def judges_down(body, n):
-        return ("status", 502) if "reviewer" in body["messages"][0]["content"] else "ok"
+        return ("status", 502, 0.01) if "reviewer" in body["messages"][0]["content"] else "ok"
 
     with FakeOpenAI(judges_down) as srv:
         params = make_params(tmp_path, srv.url, max_error_rate=1.0)
@@ -363,7 +364,7 @@ def test_requests_failing_after_the_cap_are_counted_when_tolerated(tmp_path):
     }  # fmt: skip
     assert meta["scores"]["hot"]["failed"] == {"request_failed:http_502": 8}
 
-    with FakeOpenAI(lambda body, n: ("status", 500)) as srv:
+    with FakeOpenAI(lambda body, n: ("status", 500, 0.01)) as srv:
         params = make_params(tmp_path, srv.url, cache_dir=None, max_error_rate=1.0)
         params = params.model_copy(
             update={"generator": params.generator.model_copy(update={"max_attempts": 2})}
@@ -384,7 +385,7 @@ def test_requests_failing_after_the_cap_are_counted_when_tolerated(tmp_path):
     ("status", "retried"), [(401, False), (400, False), (500, True)], ids=["401", "400", "500"]
 )
 def test_total_failure_fails_the_stage_naming_endpoint_status_and_body(tmp_path, status, retried):
-    with FakeOpenAI(lambda body, n: ("status", status)) as srv:
+    with FakeOpenAI(lambda body, n: ("status", status, 0.01)) as srv:
         params = make_params(tmp_path, srv.url)
         with pytest.raises(DistillError) as err:
             distill(params, 1, tmp_path / "out")
@@ -400,13 +401,13 @@ def test_a_few_failures_below_max_error_rate_are_dropped_not_fatal(tmp_path):
         return ("status", 500) if "Clean the data first" in json.dumps(body) and "seed" in body else "ok"
 
     with FakeOpenAI(one_down) as srv:
-        gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
+        gen = {"base_url": srv.url, "model": "fake", "max_attempts": 1}
         tally, _ = distill(
             make_params(tmp_path, srv.url, generator=gen, max_error_rate=0.2), 1, tmp_path / "o"
         )
     assert tally.as_dict()["dropped"]["generation_failed"] == 2  # 2 of 14 = 0.14 <= 0.2
     with FakeOpenAI(one_down) as srv, pytest.raises(DistillError, match="2 of 14 requests to generator"):
-        gen = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01, "max_attempts": 1}
+        gen = {"base_url": srv.url, "model": "fake", "max_attempts": 1}
         distill(make_params(tmp_path, srv.url, generator=gen, cache_dir=None), 1, tmp_path / "p")
 
 
@@ -478,7 +479,7 @@ def _completed(cache: Path) -> int:
 
 def test_stage_killed_mid_run_resumes_without_repeating(tmp_path):
     with FakeOpenAI(delay=0.1) as srv:
-        gen = {"base_url": srv.url, "model": "fake", "max_concurrent": 2, "backoff_s": 0.01}
+        gen = {"base_url": srv.url, "model": "fake", "max_concurrent": 2}
         params = _stage_params(tmp_path, srv.url, generator=gen)
         proc = _stage(params, tmp_path / "out", tmp_path / "report.json")
         deadline = time.monotonic() + 60
@@ -533,8 +534,14 @@ def test_server_killed_mid_run_every_unit_accounted_then_resumed(tmp_path):
     server = start()
     try:
         url = f"http://127.0.0.1:{port}/v1"
-        endpoint = {"base_url": url, "model": "fake", "max_attempts": 2, "backoff_s": 0.05, "timeout_s": 5.0}
-        params = make_params(tmp_path, url, generator=endpoint)
+        # One attempt each: the SDK's backoff (0.5 s and up) per refused connection would add
+        # seconds; that dropped connections are retried is test_llm's to show.
+        endpoint = {"base_url": url, "model": "fake", "max_attempts": 1, "timeout_s": 5.0}
+        judges = [
+            {"name": "cool", "temperature": 0.2, **endpoint},
+            {"name": "hot", "temperature": 0.9, **endpoint},
+        ]
+        params = make_params(tmp_path, url, generator=endpoint, judges=judges)
         import threading
 
         def killer():
@@ -707,7 +714,7 @@ def test_local_servers_start_only_for_requests_the_cache_cannot_answer(tmp_path,
             yield [srv.url]
 
         monkeypatch.setattr(module, "local_servers", fake_local)
-        local = {"base_url": None, "model": "local", "backoff_s": 0.01}
+        local = {"base_url": None, "model": "local"}
         params = make_params(
             tmp_path, "unused", generator=local, judges=[{"name": "j", **local}], min_votes=1
         )

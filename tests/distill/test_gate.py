@@ -57,7 +57,7 @@ def test_negate_and_truncate():
 
 
 def _run(tmp_path, srv, judges, **over):
-    endpoint = {"base_url": srv.url, "backoff_s": 0.01}
+    endpoint = {"base_url": srv.url}
     write_lines(tmp_path / "slices.jsonl", SLICES)
     params = make_params(
         tmp_path,
@@ -163,7 +163,7 @@ def test_score_command_scores_given_pairs_and_measures_the_gate_on_labels(tmp_pa
         },
     ]
     with FakeOpenAI() as srv:
-        endpoint = {"base_url": srv.url, "backoff_s": 0.01}
+        endpoint = {"base_url": srv.url}
         params = make_params(
             tmp_path,
             srv.url,
@@ -231,7 +231,7 @@ def test_logprob_judges_score_by_expected_value(tmp_path):
     write_lines(tmp_path / "slices.jsonl", [json.dumps({"id": "a", "content": "Keep it. [bad]"}),
                                             json.dumps({"id": "b", "content": "Keep this."})])  # fmt: skip
     with FakeOpenAI() as srv:
-        endpoint = {"base_url": srv.url, "model": "fake", "backoff_s": 0.01}
+        endpoint = {"base_url": srv.url, "model": "fake"}
         judges = [{"name": "lp", "logprob_scores": True, **endpoint}, {"name": "plain", **endpoint}]
         params = make_params(tmp_path, srv.url, judges=judges, samples_per_slice=1, min_votes=1)
         distill(params, 1, tmp_path / "out")

@@ -4,7 +4,7 @@ through fsspec/s3fs and with the Hugging Face hub. Off unless `publish.enabled`.
 Store layout under `publish.store.url` (e.g. s3://bucket/prefix):
   <name>.tar.gz                          the save_to_disk folder, packed as <name>/ (deterministic bytes)
   <name>/<split>/part-00000.parquet      Parquet shards per split (readable as a `url:` source)
-  <name>/README.md                       the dataset card
+  <name>/README.md                       the dataset card (its `configs` name the shards above)
   <name>-model/...                       models/sft with a model card (README.md)
 
 Where to publish lives in params; who publishes never does: S3 credentials come from the
@@ -35,6 +35,7 @@ from sftpipe.core.config import Section
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import file_md5
 from sftpipe.core.progress import bar
+from sftpipe.data import card as cards
 from sftpipe.io.sources import NAME
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
@@ -189,25 +190,6 @@ def _front_matter(meta: dict) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=True, allow_unicode=True) + "---\n"
 
 
-def dataset_card(dsd, name: str, digest: str, metadata: dict) -> str:
-    """A minimal card for when the report stage has not written reports/dataset_card.md."""
-    columns = next(iter(dsd.values())).column_names if dsd else []
-    lines = [
-        _front_matter({"pretty_name": name, "tags": ["sft", "sftpipe"]}),
-        f"# {name}\n",
-        "Supervised fine-tuning data built by the sftpipe pipeline (tokenized, split by cluster).\n",
-        f"- dataset digest: `{digest}`",
-        "- splits: " + ", ".join(f"{s} {len(ds)}" for s, ds in dsd.items()),
-        "- columns: " + ", ".join(f"`{c}`" for c in columns),
-    ]
-    for key in ("template", "tokenizer", "params_digest"):
-        if metadata.get(key):
-            lines.append(f"- {key.replace('_', ' ')}: `{metadata[key]}`")
-    for src, info in sorted((metadata.get("sources") or {}).items()):
-        lines.append(f"- source `{src}`: " + ", ".join(f"{k} `{v}`" for k, v in sorted(info.items())))
-    return "\n".join(lines) + "\n"
-
-
 def model_card(
     model_dir: Path,
     name: str,
@@ -275,6 +257,7 @@ def stage(
     if p.store.parquet:
         for path in parquet_shards(dsd, tmp / p.name, p.store.shard_rows):
             files[path.relative_to(tmp).as_posix()] = path
+        card = cards.with_shards(card, dsd)
     files[f"{p.name}/README.md"] = tmp / "dataset-card.md"
     files[f"{p.name}/README.md"].write_text(card, encoding="utf-8")
     if model_dir is not None:
@@ -410,7 +393,7 @@ def publish(
     card = (
         card_path.read_text(encoding="utf-8")
         if card_path.exists()
-        else dataset_card(dsd, p.name, digest, metadata)
+        else cards.minimal(dsd, p.name, digest, metadata)
     )
     has_model = p.model and model_dir.is_dir() and bool(_files(model_dir))
     mcard = model_card(model_dir, p.name, digest, metadata, train_params, hub.repo_id) if has_model else ""

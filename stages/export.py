@@ -1,6 +1,7 @@
 """export: the mixed splits as an HF DatasetDict, JSONL in every trainer format, Parquet, and
-metadata.json; fails when a sanity check fails (decoded tokens != text, overlong rows, empty
-prompts or completions, overlap between splits, bad collated shapes).
+metadata.json; fails when a sanity check fails: the row checks format runs (overlong rows, nothing
+trained, empty prompts or completions, labels not matching the tokens, and decoded tokens != text on
+a sample), overlap between splits, bad collated shapes.
 
 Reads data/interim/mix/<split>.parquet (streamed in batches, so memory stays flat at any size) and
 the tokenizer in models/base; writes data/processed/, reports/export.json and reports/sanity.json.

@@ -19,12 +19,12 @@ import yaml
 
 from sftpipe.core.config import ParamsError, validate
 from sftpipe.core.jsonio import read_jsonl
+from sftpipe.data.card import minimal
 from sftpipe.data.export import save_hf
 from sftpipe.publish import (
     PublishError,
     PublishParams,
     check_urls,
-    dataset_card,
     dir_digest,
     model_card,
     pack,
@@ -150,7 +150,7 @@ def test_pack_is_deterministic_and_loads_back(tmp_path):
 
 def test_generated_dataset_card(tmp_path):
     dsd = load(make_processed(tmp_path))
-    card = dataset_card(dsd, "mini", "sha256:abc", {"template": "chatml", "params_digest": "0123"})
+    card = minimal(dsd, "mini", "sha256:abc", {"template": "chatml", "params_digest": "0123"})
     assert card == (
         "---\npretty_name: mini\ntags:\n- sft\n- sftpipe\n---\n\n# mini\n\n"
         "Supervised fine-tuning data built by the sftpipe pipeline (tokenized, split by cluster).\n\n"
@@ -161,6 +161,40 @@ def test_generated_dataset_card(tmp_path):
         "- template: `chatml`\n"
         "- params digest: `0123`\n"
     )
+    from huggingface_hub import DatasetCard
+
+    parsed = DatasetCard(card)
+    assert parsed.data.to_dict() == {"pretty_name": "mini", "tags": ["sft", "sftpipe"]}
+    assert parsed.text.startswith("\n# mini\n") and str(parsed) == card
+
+
+def test_stored_card_names_the_shards_and_loads_with_load_dataset(tmp_path):
+    """The store's copy of the report's card keeps its metadata and text, and its `configs` point at
+    the shards beside it (the report names the hub's data/ layout), so the folder loads as is."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    from sftpipe.data.card import build
+
+    data = make_processed(tmp_path)
+    meta = {"license": ["mit"], "pretty_name": "mini", "configs": [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+    ]}  # fmt: skip
+    build(meta, "# mini\n\nReviewed.\n").save(tmp_path / "card.md")
+    p = PublishParams.model_validate(
+        {"enabled": True, "store": {"url": (tmp_path / "store").as_uri(), "shard_rows": 3}}
+    )
+    out = publish(p, data, tmp_path / "card.md", tmp_path / "no-model", None)
+    folder = tmp_path / "store" / "sftpipe-sft"
+    assert out["card"] == str(tmp_path / "card.md") and out["model"] is None
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.license == ["mit"] and card.data.pretty_name == "mini"
+    assert card.data.configs == [{"config_name": "default", "data_files": [
+        {"split": s, "path": f"{s}/part-*.parquet"} for s in ("train", "val", "test")
+    ]}]  # fmt: skip
+    assert card.text == "\n# mini\n\nReviewed.\n"
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))
+    assert {s: ds["id"] for s, ds in loaded.items()} == {s: ds["id"] for s, ds in load(data).items()}
 
 
 def test_model_card_names_dataset_digest_and_params(tmp_path):

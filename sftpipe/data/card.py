@@ -1,8 +1,47 @@
-"""A Hugging Face-style dataset card, generated from params and stage reports (never hand-edited)."""
+"""The dataset card, built with huggingface_hub's DatasetCard (YAML metadata, then markdown): the
+report stage's full card from params and stage reports (never hand-edited), the minimal one
+publish writes when there is none, and the fields publish adds for where its shards live."""
 
 from __future__ import annotations
 
-import yaml
+from collections.abc import Iterable
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+
+def build(meta: dict, body: str) -> DatasetCard:
+    """A card with `meta` as its metadata and `body` (markdown) under it. The metadata keys are
+    written sorted, as the cards always have been (DatasetCardData puts its own fields first)."""
+    data = DatasetCardData(**meta)
+    return DatasetCard(f"---\n{data.to_yaml(original_order=sorted(meta))}\n---\n\n{body}")
+
+
+def with_shards(text: str, splits: Iterable[str]) -> str:
+    """The card `text` as publish stores it beside its Parquet shards: its `configs` name the
+    shards at <split>/part-*.parquet, relative to the card's folder, so `load_dataset` on that
+    folder finds them (the report's card names the hub's data/<split>-* layout)."""
+    card = DatasetCard(text)
+    files = [{"path": f"{s}/part-*.parquet", "split": s} for s in splits]
+    card.data["configs"] = [{"config_name": "default", "data_files": files}]
+    return str(card)
+
+
+def minimal(dsd, name: str, digest: str, metadata: dict) -> str:
+    """A minimal card for when the report stage has not written reports/dataset_card.md."""
+    columns = next(iter(dsd.values())).column_names if dsd else []
+    lines = [
+        f"# {name}\n",
+        "Supervised fine-tuning data built by the sftpipe pipeline (tokenized, split by cluster).\n",
+        f"- dataset digest: `{digest}`",
+        "- splits: " + ", ".join(f"{s} {len(ds)}" for s, ds in dsd.items()),
+        "- columns: " + ", ".join(f"`{c}`" for c in columns),
+    ]
+    for key in ("template", "tokenizer", "params_digest"):
+        if metadata.get(key):
+            lines.append(f"- {key.replace('_', ' ')}: `{metadata[key]}`")
+    for src, info in sorted((metadata.get("sources") or {}).items()):
+        lines.append(f"- source `{src}`: " + ", ".join(f"{k} `{v}`" for k, v in sorted(info.items())))
+    return str(build({"pretty_name": name, "tags": ["sft", "sftpipe"]}, "\n".join(lines) + "\n"))
 
 
 def size_category(n: int) -> str:
@@ -50,12 +89,12 @@ def render(name: str, sources: dict, metrics: dict, fmt: dict, languages: list[s
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": s, "path": f"data/{s}-*"} for s in metrics["splits"]],
+                "data_files": [{"path": f"data/{s}-*", "split": s} for s in metrics["splits"]],
             }
         ],
     }
     stages = metrics["stages"]
-    lines = ["---", yaml.safe_dump(header, sort_keys=True).strip(), "---", "", f"# {name}", ""]
+    lines = [f"# {name}", ""]
     per_split = ", ".join(f"{s} {v['total']:,}" for s, v in metrics["splits"].items())
     lines += [f"Supervised fine-tuning data built by sftpipe: {total:,} examples ({per_split}).", ""]
     lines += [
@@ -132,4 +171,4 @@ def render(name: str, sources: dict, metrics: dict, fmt: dict, languages: list[s
     ]
     if "distill" in stages:
         lines.append("- Distilled pairs were written and judged by language models and may contain errors.")
-    return "\n".join(lines) + "\n"
+    return str(build(header, "\n".join(lines) + "\n"))

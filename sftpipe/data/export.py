@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from sftpipe.core.accounting import Tally
 from sftpipe.core.config import Section
-from sftpipe.core.errors import SftpipeError
 from sftpipe.core.hashing import file_digest, sha256_hex
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, write_json
 from sftpipe.core.progress import bar
+from sftpipe.data.format.checks import Problems, SanityError, blank_column, check_decoded, check_row
 from sftpipe.data.split import SPLITS, _hash
 from sftpipe.io.schemas.sharegpt import RESULTS_JOIN
 
@@ -68,10 +68,6 @@ class ExportParams(Section):
     """Also write data/processed/parquet/<split>.parquet (all columns)."""
     sanity_samples: int = 64
     """Rows per split decoded and compared with their rendered text by the sanity checks."""
-
-
-class SanityError(SftpipeError, AssertionError):
-    """The exported dataset fails a check a trainer relies on."""
 
 
 def schema(split: Split) -> pa.Schema:
@@ -396,8 +392,7 @@ class SplitFacts:
     rows: int = 0
     by_source: Counter = field(default_factory=Counter)
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    text_records: int = 0
-    empty: Counter = field(default_factory=Counter)
+    problems: Problems = field(default_factory=Problems)  # the row checks format also runs
     head: pa.Table | None = None  # the first rows: id, text, input_ids, labels
 
 
@@ -415,10 +410,30 @@ class Survey:
         }
 
 
-SURVEY_COLUMNS = ("id", "source", "cluster", "meta", "text", "prompt", "completion", "input_ids")
+SURVEY_COLUMNS = ("id", "source", "cluster", "meta", "text", "prompt", "completion", "input_ids", "labels")
 
 
-def survey(splits: dict[str, Split], samples: int, batch_size: int = BATCH_ROWS) -> Survey:
+def check_rows(problems: Problems, batch: pa.RecordBatch, n_tokens: np.ndarray, max_length: int) -> None:
+    """The row checks of sftpipe.data.format.checks on a batch of exported rows."""
+    labels = batch["labels"]
+    offsets = labels.offsets.to_numpy()
+    trained = np.concatenate([[0], np.cumsum(labels.values.to_numpy() != -100)])
+    n_trained = trained[offsets[1:]] - trained[offsets[:-1]]
+    n_labels = np.diff(offsets)
+    rows = zip(
+        batch["id"].to_pylist(), n_tokens.tolist(), n_trained.tolist(), n_labels.tolist(),
+        blank_column(batch["prompt"]), blank_column(batch["completion"]), batch["meta"].to_pylist(),
+        strict=True,
+    )  # fmt: skip
+    for rid, n, t, n_lab, prompt_blank, completion_blank, meta in rows:
+        is_text = '"kind"' in meta and orjson.loads(meta).get("kind") == "text"
+        check_row(
+            problems, rid, n_tokens=n, n_trained=t, max_length=max_length, prompt_blank=prompt_blank,
+            completion_blank=completion_blank, is_text=is_text, n_labels=n_lab,
+        )  # fmt: skip
+
+
+def survey(splits: dict[str, Split], samples: int, max_length: int, batch_size: int = BATCH_ROWS) -> Survey:
     """One streaming pass over each split for the sanity checks and metadata.json.
 
     Overlap counts what sftpipe.data.split.overlap counts (ids, text hashes and clusters found in more than
@@ -437,12 +452,7 @@ def survey(splits: dict[str, Split], samples: int, batch_size: int = BATCH_ROWS)
                 f.rows += batch.num_rows
                 f.by_source.update(batch["source"].to_pylist())
                 lengths.append(pc.list_value_length(batch["input_ids"]).to_numpy(zero_copy_only=False))
-                f.text_records += sum(
-                    orjson.loads(m).get("kind") == "text" for m in batch["meta"].to_pylist()
-                )
-                for column in ("prompt", "completion"):
-                    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(batch[column])), 0)
-                    f.empty[column] += pc.sum(blank).as_py() or 0
+                check_rows(f.problems, batch, lengths[-1], max_length)
                 values = {
                     "id": batch["id"].to_pylist(),
                     "text": [_hash(t) for t in batch["text"].to_pylist()],
@@ -460,29 +470,25 @@ def survey(splits: dict[str, Split], samples: int, batch_size: int = BATCH_ROWS)
     return Survey({n: facts[n] for n in splits}, {k: len(shared[k]) for k in keys}, samples)
 
 
-def sanity(survey: Survey, tokenizer, max_length: int) -> dict:
-    """The checks a trainer relies on; raises SanityError on the first failure, else returns the results."""
+def sanity(survey: Survey, tokenizer) -> dict:
+    """The checks a trainer relies on: no example in two splits, the row checks format runs (on
+    every row; the decode check on the first `samples` of each split) and a collated batch of the
+    right shape. Raises SanityError on a failure, else returns the results."""
     overlap = survey.overlap
     checks: dict[str, object] = {"split_overlap": overlap}
     if any(overlap.values()):
         raise SanityError(f"examples shared between splits: {overlap}")
+    problems = Problems()
     for name, f in survey.splits.items():
-        longest = int(f.lengths.max(initial=0))
-        if longest > max_length:
-            raise SanityError(f"{name}: a row has {longest} tokens > max_length {max_length}")
-        for column in ("prompt", "completion"):
-            empty = f.empty[column]
-            if empty > f.text_records or (column == "completion" and empty):
-                raise SanityError(f"{name}: {empty} rows with an empty {column}")
+        problems.merge(f.problems)
         assert f.head is not None  # survey() reads the head of every split
         rows = f.head.slice(0, survey.samples).to_pylist()
         for r in rows:
             decoded = tokenizer.decode(r["input_ids"], clean_up_tokenization_spaces=False)
-            if decoded != r["text"]:
-                raise SanityError(f"{name}/{r['id']}: decoded tokens differ from the rendered text")
-            if len(r["labels"]) != len(r["input_ids"]) or all(x == -100 for x in r["labels"]):
-                raise SanityError(f"{name}/{r['id']}: labels do not match input_ids or train nothing")
-        checks[name] = {"rows": f.rows, "decoded_ok": len(rows), "max_tokens": longest}
+            check_decoded(problems, r["id"], decoded, r["text"])
+        checks[name] = {"rows": f.rows, "decoded_ok": len(rows), "max_tokens": int(f.lengths.max(initial=0))}
+    if problems:
+        raise SanityError(problems.message("export"))
     checks["collated_batch"] = collate_check(survey.splits["train"].head, tokenizer, COLLATE_ROWS)
     return checks
 
@@ -541,8 +547,8 @@ def run(
 
     p, reports = params.export, Path(reports_dir)
     splits = {n: Path(src_dir) / f"{n}.parquet" for n in SPLITS}
-    facts = survey(splits, p.sanity_samples)
-    checks = sanity(facts, AutoTokenizer.from_pretrained(tokenizer_dir), params.format.max_length)
+    facts = survey(splits, p.sanity_samples, params.format.max_length)
+    checks = sanity(facts, AutoTokenizer.from_pretrained(tokenizer_dir))
     data_params = {k: v for k, v in params.model_dump(mode="json").items() if k in DATA_SECTIONS}
     with atomic_path(out) as tmp:
         tmp.mkdir()

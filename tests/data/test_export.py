@@ -94,7 +94,7 @@ def test_sharegpt_rows_carry_distill_scores():
 
 def test_sanity_passes_on_good_data_and_fails_on_each_problem(gpt2):
     parts = parts_for(gpt2)
-    checks = sanity(survey(parts, 8), gpt2, 64)
+    checks = sanity(survey(parts, 8, 64), gpt2)
     assert checks["split_overlap"] == {"id": 0, "text": 0, "cluster": 0}
     assert checks["collated_batch"]["shape"][0] == 4
     assert checks["train"] == {
@@ -102,21 +102,39 @@ def test_sanity_passes_on_good_data_and_fails_on_each_problem(gpt2):
         "decoded_ok": 4,
         "max_tokens": max(pc.list_value_length(parts["train"]["input_ids"]).to_pylist()),
     }
-    with pytest.raises(SanityError, match="> max_length 3"):
-        sanity(survey(parts, 8), gpt2, 3)
+    # The problems are counted as format counts them, with the first failing row's id.
+    with pytest.raises(SanityError, match=r"'over_max_length': 6\}.*'over_max_length': 's/0'"):
+        sanity(survey(parts, 8, 3), gpt2)
     leaky = {**parts, "test": parts["train"].slice(0, 1)}
     with pytest.raises(SanityError, match="shared between splits"):
-        sanity(survey(leaky, 8), gpt2, 64)
-    bad = parts["train"].set_column(
-        parts["train"].schema.get_field_index("text"), "text", pa.array(["x"] * 4)
-    )
-    with pytest.raises(SanityError, match="decoded tokens differ"):
-        sanity(survey({**parts, "train": bad}, 8), gpt2, 64)
-    empty = parts["val"].set_column(
-        parts["val"].schema.get_field_index("completion"), "completion", pa.array([" "])
-    )
-    with pytest.raises(SanityError, match="empty completion"):
-        sanity(survey({**parts, "val": empty}, 8), gpt2, 64)
+        sanity(survey(leaky, 8, 64), gpt2)
+
+    def replaced(name, column, values):
+        t = parts[name]
+        return {**parts, name: t.set_column(t.schema.get_field_index(column), column, values)}
+
+    with pytest.raises(SanityError, match=r"'decode_mismatch': 4\}.*'decode_mismatch': 's/0'"):
+        sanity(survey(replaced("train", "text", pa.array(["x"] * 4)), 8, 64), gpt2)
+    with pytest.raises(SanityError, match=r"'empty_completion': 1\}.*'empty_completion': 's/4'"):
+        sanity(survey(replaced("val", "completion", pa.array([" "])), 8, 64), gpt2)
+    with pytest.raises(SanityError, match=r"'empty_prompt': 1\}.*'empty_prompt': 's/5'"):
+        sanity(survey(replaced("test", "prompt", pa.array(["\n"])), 8, 64), gpt2)
+    # Past the decoded samples too: every row's labels are checked.
+    labels = parts["train"]["labels"].to_pylist()
+    labels[3] = [-100] * len(labels[3])
+    with pytest.raises(SanityError, match=r"'nothing_trained': 1\}.*'nothing_trained': 's/3'"):
+        sanity(survey(replaced("train", "labels", pa.array(labels, pa.list_(pa.int32()))), 2, 64), gpt2)
+    labels[3] = labels[3][:-1]
+    with pytest.raises(SanityError, match=r"'labels_length': 1, 'nothing_trained': 1\}"):
+        sanity(survey(replaced("train", "labels", pa.array(labels, pa.list_(pa.int32()))), 2, 64), gpt2)
+
+
+def test_a_text_record_needs_no_prompt(gpt2):
+    rows = [{"id": f"t/{i}", "source": "t", "prompt": "", "completion": f"Text {i}", "meta": {"kind": "text"}}
+            for i in range(6)]  # fmt: skip
+    t = format_table(rows, gpt2)
+    parts = {"train": t.slice(0, 4), "val": t.slice(4, 1), "test": t.slice(5, 1)}
+    assert sanity(survey(parts, 8, 64), gpt2)["train"]["rows"] == 4
 
 
 def test_survey_counts_overlap_as_split_does():
@@ -128,7 +146,7 @@ def test_survey_counts_overlap_as_split_does():
         "val": t.slice(6, 1),
         "test": pa.concat_tables([t.slice(0, 1), t.slice(7, 3)]),
     }
-    got = survey(parts, 2, batch_size=2).overlap
+    got = survey(parts, 2, 64, batch_size=2).overlap
     assert got == overlap(parts) == {"id": 1, "text": 1, "cluster": 2}
 
 
@@ -148,13 +166,13 @@ def test_outputs_do_not_depend_on_batch_size(tmp_path, gpt2, monkeypatch):
     results = {}
     for size in (3, export.BATCH_ROWS):
         out = tmp_path / f"out{size}"
-        facts = survey(files, 5, size)
+        facts = survey(files, 5, 64, size)
         save_hf(files, out / "hf", size)
         write_jsonl_formats(files, formats, out / "jsonl", size)
         write_parquet(files, out / "parquet")
         files_bytes = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         meta = metadata({"seed": 1}, ["s"], facts, tmp_path / "no-reports")
-        results[size] = (files_bytes, sanity(facts, gpt2, 64), meta)
+        results[size] = (files_bytes, sanity(facts, gpt2), meta)
     assert results[3] == results[export.BATCH_ROWS]
 
     out = tmp_path / "out3"

@@ -1,6 +1,7 @@
 """report: manifest, stable samples, plots, metrics and the dataset card, from small tables."""
 
 import pyarrow as pa
+from huggingface_hub import DatasetCard
 
 from sftpipe.data.card import render, size_category
 from sftpipe.data.report import (
@@ -92,6 +93,15 @@ def test_metrics_and_card(tmp_path):
     assert "| a | file `x.jsonl` | mit | 7 | 7 | invalid_json 1 |" in card
     assert "Template `chatml`, tokenizer gpt2, max length 512" in card
     assert "## Known limitations" in card and size_category(12_345) == "10K<n<100K"
+    # The card parses back as a DatasetCard holding the metadata it was given, in the hub's fields.
+    (tmp_path / "README.md").write_text(card)
+    data = DatasetCard.load(tmp_path / "README.md").data
+    assert data.license == ["mit", "unknown"] and data.language == ["en"] and data.pretty_name == "demo"
+    assert data.source_datasets == ["a", "b"] and data.task_categories == ["text-generation"]
+    assert data.configs == [{"config_name": "default", "data_files": [
+        {"path": f"data/{s}-*", "split": s} for s in ("train", "val", "test")
+    ]}]  # fmt: skip
+    assert str(DatasetCard(card)) == card
 
 
 def test_tool_use_counts_in_metrics_and_card(tmp_path):

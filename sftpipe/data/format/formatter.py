@@ -33,6 +33,7 @@ from sftpipe.core.hashing import sha256_hex
 from sftpipe.core.jsonio import JsonlWriter, atomic_path, dumps, loads
 from sftpipe.core.progress import bar
 from sftpipe.core.records import Drop, has_output
+from sftpipe.data.format.checks import Problems, SanityError, blank, check_decoded, check_row
 from sftpipe.data.format.templates import Rendered, Renderer, require_control_tokens
 from sftpipe.data.format.tokenizer import (
     IGNORE,
@@ -93,10 +94,6 @@ class FormatParams(Section):
 
 class FormatError(SftpipeError, ValueError):
     """The stage's input is missing or unreadable; the message names it."""
-
-
-class SanityError(SftpipeError, AssertionError):
-    """A sanity check on the formatted rows failed; nothing was written."""
 
 
 def exchanges(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
@@ -305,13 +302,8 @@ class _Stats:
         self.history_exchanges = 0
         self.by_source: Counter[str] = Counter()
         self.tokens_by_source: Counter[str] = Counter()
-        self.problems: Counter[str] = Counter()
-        self.first_problem: dict[str, str] = {}
+        self.problems = Problems()
         self.decoded = 0
-
-    def _problem(self, name: str, rec_id: str) -> None:
-        self.problems[name] += 1
-        self.first_problem.setdefault(name, rec_id)
 
     def add(self, item: _Item, decode=None) -> None:
         """Count a kept row; `decode` (the tokenizer's decode) also checks it against its text."""
@@ -321,26 +313,23 @@ class _Stats:
         self.history_exchanges += item.cut
         self.by_source[item.record["source"]] += 1
         self.tokens_by_source[item.record["source"]] += n
-        if n > self.max_length:
-            self._problem("over_max_length", rid)
-        if not trained:
-            self._problem("nothing_trained", rid)
-        if not item.rendered.completion.strip():
-            self._problem("empty_completion", rid)
-        if (item.record.get("meta") or {}).get("kind") != "text" and not item.rendered.prompt.strip():
-            self._problem("empty_prompt", rid)
+        r = item.rendered
+        is_text = (item.record.get("meta") or {}).get("kind") == "text"
+        check_row(
+            self.problems, rid, n_tokens=n, n_trained=trained, max_length=self.max_length,
+            prompt_blank=blank(r.prompt), completion_blank=blank(r.completion), is_text=is_text,
+        )  # fmt: skip
         if decode is not None:
             self.decoded += 1
             self._decode_check(item, rid, decode)
 
     def _decode_check(self, item: _Item, rid: str, decode) -> None:
         ids, r = item.encoded.input_ids, item.rendered
-        if decode(ids, skip_special_tokens=False) != r.text:
-            self._problem("decode_mismatch", rid)
+        check_decoded(self.problems, rid, decode(ids, skip_special_tokens=False), r.text)
         runs = [decode(ids[a:b], skip_special_tokens=False) for a, b in item.encoded.ranges]
         for s, e in r.spans:
             if e > s and not any(r.text[s:e] in run for run in runs):
-                self._problem("response_not_trained", rid)
+                self.problems.add("response_not_trained", rid)
 
     def merge(self, other: _Stats) -> None:
         """Add the stats of the rows that come after these ones."""
@@ -349,9 +338,7 @@ class _Stats:
         self.history_exchanges += other.history_exchanges
         self.by_source.update(other.by_source)
         self.tokens_by_source.update(other.tokens_by_source)
-        self.problems.update(other.problems)
-        for name, rid in other.first_problem.items():
-            self.first_problem.setdefault(name, rid)
+        self.problems.merge(other.problems)
         self.decoded += other.decoded
 
     @property
@@ -374,11 +361,7 @@ class _Stats:
             **pct,
             "max": int(lengths.max()),
         }
-        checks = {
-            "decoded_rows": self.decoded,
-            "problems": dict(sorted(self.problems.items())),
-            "first_problem_id": dict(sorted(self.first_problem.items())),
-        }
+        checks = {"decoded_rows": self.decoded, **self.problems.report()}
         sources = {
             s: {"rows": self.by_source[s], "tokens": self.tokens_by_source[s]} for s in sorted(self.by_source)
         }
@@ -556,12 +539,9 @@ def _write(
             if not stats.rows:
                 writer.write_table(SCHEMA.empty_table())
         tally.check()
+        if stats.problems:
+            raise SanityError(stats.problems.message("format"))
         report = stats.report()
-        if report["checks"]["problems"]:
-            raise SanityError(
-                f"format: sanity checks failed: {report['checks']['problems']} "
-                f"(first ids: {report['checks']['first_problem_id']})"
-            )
     extra = {
         "template": params.template,
         "max_length": params.max_length,

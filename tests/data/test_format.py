@@ -329,19 +329,24 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, gpt2_dir, monkeypatch):
         assert not (tmp_path / "out").exists()
 
 
+def gpt2_with_normalizer(gpt2_dir: Path, dest: Path, normalizer: str) -> Path:
+    """GPT-2 with a normalizer of the tokenizers library (which tiktoken cannot reproduce)."""
+    dest.mkdir()
+    definition = json.loads((gpt2_dir / "tokenizer.json").read_text())
+    definition["normalizer"] = {"type": normalizer}
+    (dest / "tokenizer.json").write_text(json.dumps(definition))
+    config = json.loads((gpt2_dir / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # GPT2Tokenizer would drop the normalizer
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    return dest
+
+
 def test_forked_workers_after_the_driver_used_the_tokenizers_threads(tmp_path, gpt2_dir, monkeypatch):
     """The tokenizers library's thread pool, once used by this process, is copied stopped into
     forked workers; with a tokenizer that tiktoken cannot reproduce (a normalizer) the workers
     encode through that library, which notices the fork and runs single-threaded: the stage
     finishes and writes what one process writes."""
-    nfc = tmp_path / "nfc"
-    nfc.mkdir()
-    definition = json.loads((gpt2_dir / "tokenizer.json").read_text())
-    definition["normalizer"] = {"type": "NFC"}
-    (nfc / "tokenizer.json").write_text(json.dumps(definition))
-    config = json.loads((gpt2_dir / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (nfc / "tokenizer_config.json").write_text(json.dumps(config))
+    nfc = gpt2_with_normalizer(gpt2_dir, tmp_path / "nfc", "NFC")
     tok = AutoTokenizer.from_pretrained(nfc)
     assert FastBPE.of(tok) is None
     tok.backend_tokenizer.encode_batch([f"warm the pool {i}" for i in range(5000)])  # threads start
@@ -360,14 +365,7 @@ def test_forked_workers_after_the_driver_used_the_tokenizers_threads(tmp_path, g
 def test_sanity_failure_in_a_worker_writes_nothing(tmp_path, gpt2_dir, monkeypatch):
     """A tokenizer that lowercases (a lossy normalizer) decodes to other text than it was given:
     the workers' decode checks catch it, and the stage writes nothing."""
-    lossy = tmp_path / "lossy"
-    lossy.mkdir()
-    definition = json.loads((gpt2_dir / "tokenizer.json").read_text())
-    definition["normalizer"] = {"type": "Lowercase"}
-    (lossy / "tokenizer.json").write_text(json.dumps(definition))
-    config = json.loads((gpt2_dir / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # GPT2Tokenizer would drop the normalizer
-    (lossy / "tokenizer_config.json").write_text(json.dumps(config))
+    lossy = gpt2_with_normalizer(gpt2_dir, tmp_path / "lossy", "Lowercase")
     monkeypatch.setattr(fmt, "CHUNK", 2)  # the driver sends it to the workers: several parts
     src = tmp_path / "in.jsonl"
     write_jsonl(src, [rec(str(i), [u("Q"), a("A")]) for i in range(5)])

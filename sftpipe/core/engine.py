@@ -153,7 +153,8 @@ def ordered_map(
             # the whole heap page by page on their first collection (the gc docs' advice for fork)
             gc.freeze()
         pool = ctx.Pool(min(workers, len(parts)), initializer=_init_local, initargs=initargs)
-        gc.unfreeze()
+        if fork:
+            gc.unfreeze()  # only what this call froze: the driver's objects are collectable again
         try:
             pending: deque = deque()
             for part in parts:

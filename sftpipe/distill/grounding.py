@@ -83,8 +83,6 @@ class Scorer:
 
     def gains(self, items: list[tuple[str, dict]]) -> list[float]:
         """How much each passage raises the mean log-probability of its pair's response."""
-        from datasets import Dataset
-
         rows: dict[str, list] = {"input_ids": [], "labels": []}
         for content, pair in items:
             question = _question(pair)
@@ -96,7 +94,7 @@ class Scorer:
                 rows["input_ids"].append(ids)
                 rows["labels"].append(labels)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        losses = token_losses(self.model, Dataset.from_dict(rows), self.BATCH, pad, "cpu", desc="grounding")
+        losses = token_losses(self.model, rows, self.BATCH, pad, "cpu", desc="grounding")
         logprobs = [-s / n if n else math.nan for s, n in losses]
         # Rounded so that float noise across machines and thread counts cannot flip a verdict's bytes.
         return [round(logprobs[2 * i] - logprobs[2 * i + 1], 3) for i in range(len(items))]

@@ -201,8 +201,6 @@ def chat_prompt(tokenizer, question: str) -> list[int]:
 
 def choice_scores(model, tokenizer, items: list[dict], batch_size: int, pad: int, device: str) -> list[int]:
     """The chosen index per multiple-choice item: highest summed log-likelihood of the choice."""
-    from datasets import Dataset
-
     rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     owners: list[tuple[int, int]] = []
     for k, item in enumerate(items):
@@ -212,7 +210,7 @@ def choice_scores(model, tokenizer, items: list[dict], batch_size: int, pad: int
             rows["input_ids"].append(prompt + ids)
             rows["labels"].append([-100] * len(prompt) + ids)
             owners.append((k, c))
-    losses = token_losses(model, Dataset.from_dict(rows), batch_size, pad, device, desc="choices")
+    losses = token_losses(model, rows, batch_size, pad, device, desc="choices")
     best: dict[int, tuple[float, int]] = {}
     for (k, c), (total, _) in zip(owners, losses, strict=True):
         if k not in best or -total > best[k][0]:

@@ -9,24 +9,24 @@ from sftpipe.core.progress import bar
 def token_losses(
     model, rows, batch_size: int, pad_id: int, device: str, desc: str = "scoring"
 ) -> list[tuple[float, int]]:
-    """(summed loss, trained tokens) per row, in row order. Batches hold rows of similar length
-    (less padding to compute); the results come back in row order."""
+    """(summed loss, trained tokens) per row of `rows` (a dataset, or a dict of lists, with
+    input_ids and labels), in row order. Batches hold rows of similar length (less padding to
+    compute); the results come back in row order."""
     import torch
     import torch.nn.functional as F
 
-    lengths = [len(x) for x in rows["input_ids"]]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    by_length = rows.select(order, keep_in_memory=True) if hasattr(rows, "select") else rows
+    all_ids, all_labels = list(rows["input_ids"]), list(rows["labels"])  # one read of each column
+    order = sorted(range(len(all_ids)), key=lambda i: len(all_ids[i]))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(order)
     model.eval()
     starts = range(0, len(order), batch_size)
     for start in bar(starts, desc=desc, unit="batch"):
-        batch = by_length[start : start + batch_size]
-        width = max(len(x) for x in batch["input_ids"])
-        ids = torch.full((len(batch["input_ids"]), width), pad_id, dtype=torch.long)
+        batch = order[start : start + batch_size]
+        width = max(len(all_ids[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         labels = torch.full_like(ids, -100)
         mask = torch.zeros_like(ids)
-        for i, (x, y) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
+        for i, (x, y) in enumerate((all_ids[j], all_labels[j]) for j in batch):
             ids[i, : len(x)] = torch.tensor(x)
             labels[i, : len(y)] = torch.tensor(y)
             mask[i, : len(x)] = 1

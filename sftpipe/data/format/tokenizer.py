@@ -169,7 +169,7 @@ class FastBPE:
     @classmethod
     def of(cls, tokenizer) -> FastBPE | None:
         """The fast path for `tokenizer` (a fast HF tokenizer), or None where it would differ."""
-        import orjson  # 10x the stdlib's json on a 2 MB tokenizer.json: a tenth of a worker's start-up
+        import orjson  # 10x the stdlib's json on a 2 MB tokenizer.json (0.2 s of the stage's start-up)
 
         definition = orjson.loads(tokenizer.backend_tokenizer.to_str())
         return cls(definition) if _tiktoken_compatible(definition) else None

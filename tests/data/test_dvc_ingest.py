@@ -1,8 +1,9 @@
 """`dvc repro` of the ingest stages in a temporary copy of the repo: outputs, accounting, and that
-changing one source re-ingests only that source."""
+changing one source, or a file only it reads, re-ingests only that source."""
 
 import hashlib
 import json
+import shutil
 
 import pytest
 
@@ -39,3 +40,27 @@ def test_dvc_repro_ingest_per_source(corpora, tmp_path):
     out = dvc(repo, "repro", "ingest").stdout
     assert "Running stage 'ingest@libre'" in out and "Running stage 'ingest@seeds'" not in out
     assert changed() == set()
+
+
+def test_a_new_raw_file_re_ingests_only_the_source_that_reads_it(corpora, tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    raw = repo / "data/raw"
+    (raw / "libre").mkdir()
+    shutil.copy(corpora / "alpaca_libre_v2.jsonl", raw / "libre" / "part1.jsonl")
+    shutil.copy(corpora / "self_instruct_seed_tasks.jsonl", raw / "seeds.jsonl")
+    (repo / "params.yaml").write_text(
+        "seed: 1\nsources:\n  libre:\n    path: data/raw/libre\n  seeds:\n    path: data/raw/seeds.jsonl\n"
+    )
+    dvc(repo, "repro", "ingest")
+
+    def ran() -> set[str]:
+        out = dvc(repo, "repro", "ingest").stdout
+        return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+    (raw / "unread.jsonl").write_text('{"text": "no source reads this"}\n')
+    assert ran() == {"inputs"}
+    lines = (corpora / "alpaca_libre_v2.jsonl").read_text().splitlines()[-3:]
+    (raw / "libre" / "part2.jsonl").write_text("\n".join(lines) + "\n")
+    assert ran() == {"inputs", "ingest@libre"}
+    assert json.loads((repo / "reports/ingest/libre.json").read_text())["in"] == 2294 + 3
+    assert not [s for s in json.loads(dvc(repo, "status", "--json").stdout) if s.startswith(("in", "ingest"))]

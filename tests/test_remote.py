@@ -64,16 +64,20 @@ def test_push_clone_pull_restores_outputs_without_rerunning(corpora, s3_remote, 
     dvc(repo, "push")
     stored = [o["Key"] for o in client.list_objects_v2(Bucket="team-dvc")["Contents"]]
     assert all(k.startswith("cache/files/md5/") for k in stored)
-    # records.jsonl, rejected.jsonl and the directory listing itself
-    assert len(stored) == 3
+    # ingest's records.jsonl, rejected.jsonl and directory listing; inputs' seeds.json, its two
+    # empty fingerprints (one object: the same bytes) and directory listing
+    assert len(stored) == 6
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     assert not (clone / "data/interim/ingest/seeds").exists()
     before = json.loads(dvc(clone, "status", "ingest", "--json").stdout)
-    assert before == {"ingest@seeds": [{"changed outs": {"data/interim/ingest/seeds": "not in cache"}}]}
+    assert before == {"ingest@seeds": [
+        {"changed deps": {"data/interim/inputs/sources/seeds.json": "deleted"}},  # inputs' output
+        {"changed outs": {"data/interim/ingest/seeds": "not in cache"}},
+    ]}  # fmt: skip
 
-    pulled = dvc(clone, "pull", "ingest")  # the stages this test ran (the rest never did)
+    pulled = dvc(clone, "pull", "--with-deps", "ingest")  # the stages this test ran (the rest never did)
     assert "Running stage" not in pulled.stdout + pulled.stderr
     assert json.loads(dvc(clone, "status", "ingest", "--json").stdout) == {}
     original = tree_digest(repo / "data/interim/ingest/seeds")
@@ -138,7 +142,17 @@ def test_review_workflow_pulls_and_rebuilds_only_what_the_pr_changed(corpora, s3
     ran = {line.split("'")[1] for line in done.stderr.splitlines() if line.startswith("Running stage")}
     # pulled, not rebuilt: the base model, the unchanged source; rebuilt: what depends on the change
     # (inputs re-hashes on any params.yaml change and then leaves ingest@seeds alone)
-    assert ran == {"inputs", "ingest@libre", "clean", "dedup", "format", "split", "mix", "export", "report"}, ran
+    assert ran == {
+        "inputs",
+        "ingest@libre",
+        "clean",
+        "dedup",
+        "format",
+        "split",
+        "mix",
+        "export",
+        "report",
+    }, ran
     assert "| `sources.libre.max_samples` | `200` | `150` |" in done.stdout
 
     bare = tmp_path / "bare"  # a project that never set up a remote

@@ -131,6 +131,9 @@ class TrainParams(Section):
     """An accelerate config file (e.g. FSDP); the stage then runs under `accelerate launch` with it."""
     attn_implementation: Attention = "sdpa"
     """Attention kernel: sdpa, eager, flash_attention_2 (CUDA, needs flash-attn) or flex_attention."""
+    deterministic: bool = True
+    """torch's deterministic algorithms where they exist (a warning names an op without one); on
+    CUDA also cuBLAS's fixed workspace. false: the last few percent of GPU speed, bytes may vary."""
     liger: bool = False
     """Liger kernels (fused RMSNorm, RoPE, SwiGLU, cross-entropy; CUDA, needs liger-kernel)."""
     neftune_alpha: float | None = None
@@ -658,6 +661,16 @@ def launch_command(params: TrainParams, argv: list[str]) -> list[str] | None:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *argv]
 
 
+def deterministic(on: bool) -> None:
+    import os
+
+    import torch
+
+    if on:  # cuBLAS reduces in a fixed order only with a fixed workspace, set before CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def train(
     params: TrainParams,
     seed: int,
@@ -685,6 +698,7 @@ def train(
     digests = digests or {}
     device, _ = pick_device(params.device)
     check_gpu_options(params, device)
+    deterministic(params.deterministic)
     prec = precision(device)
     train_ds, val_ds, tally = load_splits(data_dir, params, seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))

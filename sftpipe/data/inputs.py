@@ -38,7 +38,7 @@ def source(name: str, spec: SourceSpec) -> dict:
 def _paths(params: dict, *keys: str) -> dict:
     """The value at a dotted path of the raw params, {} when any part is absent (the consuming
     stage validates its own section)."""
-    node = params
+    node: object = params
     for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else {}

@@ -11,9 +11,11 @@ Candidates (per pair; "gain" of a token = its log-probability with the passage m
 - `end_gain`: the same, with minus without the passage;
 - `min_gain`: the smallest per-token gain; `neg2`/`neg3`: the sum of the 2/3 most negative gains.
 
-Thresholds are chosen on half the slices (`--tune`) and reported on the other half (held out).
+Each new signal's threshold is chosen on half the slices (TUNE: what-is-sft, deduplication,
+mixing) against its target kind (`end`: truncated, `min_gain`: contradicted), midway between the
+lowest good pair and the highest target pair below it, and reported on the other half (held out).
 
-    python benchmarks/distill_signals.py [--model models/base] [--json out.json]
+    python benchmarks/distill_signals.py [--model models/base] [--json signals.jsonl]
 """
 
 from __future__ import annotations
@@ -105,29 +107,49 @@ def score_all(model_dir: str, data: list[dict]) -> None:
 
 
 def threshold(good: list[float], bad: list[float]) -> float:
-    """Midway between the lowest good and the highest bad value below it (keeps every good)."""
+    """Midway between the lowest good value and the highest bad value below it (keeps every good)."""
     lo = min(good)
     below = [b for b in bad if b < lo]
     return round((lo + max(below)) / 2, 2) if below else round(lo, 2)
 
 
-def report(data: list[dict]) -> dict:
+def half(d: dict, where: str) -> bool:
+    return (d["slice"] in TUNE) == (where == "in")
+
+
+def aucs(data: list[dict]) -> dict:
+    """Per format and signal: AUC of good pairs against each bad kind, on the tuning half (in) and
+    the held-out half (out)."""
     out: dict = defaultdict(dict)
-    names = list(data[0]["plain"])
     kinds = sorted({d["kind"] for d in data} - {"good"})
     for fmt in ("plain", "chat"):
-        for name in names:
+        for name in data[0][fmt]:
             row = {}
-            for kind in kinds:
-                for where, pick in (
-                    ("in", lambda d: d["slice"] in TUNE),
-                    ("out", lambda d: d["slice"] not in TUNE),
-                ):
-                    good = [d[fmt][name] for d in data if d["label"] and pick(d)]
-                    bad = [d[fmt][name] for d in data if d["kind"] == kind and pick(d)]
-                    row[f"{kind}/{where}"] = auc(good, bad)
+            for kind, where in ((k, w) for k in kinds for w in ("in", "out")):
+                good = [d[fmt][name] for d in data if d["label"] and half(d, where)]
+                bad = [d[fmt][name] for d in data if d["kind"] == kind and half(d, where)]
+                row[f"{kind}/{where}"] = auc(good, bad)
             out[fmt][name] = row
     return dict(out)
+
+
+def thresholds(data: list[dict], fmt: str = "plain") -> dict:
+    """Each new signal's threshold, chosen on the tuning half against its target kind, and what it
+    keeps and drops on each half (good pairs dropped = lost recall)."""
+    out = {}
+    for name, target in (("end", "truncated"), ("min_gain", "contradicted")):
+        tune = [d for d in data if half(d, "in")]
+        cut = threshold(
+            [d[fmt][name] for d in tune if d["label"]], [d[fmt][name] for d in tune if d["kind"] == target]
+        )
+        row: dict = {"threshold": cut}
+        for where in ("in", "out"):
+            part = [d for d in data if half(d, where)]
+            for kind in sorted({d["kind"] for d in part}):
+                of = [d for d in part if d["kind"] == kind]
+                row[f"{kind}/{where}"] = f"{sum(d[fmt][name] < cut for d in of)}/{len(of)} dropped"
+        out[name] = row
+    return out
 
 
 def main() -> None:
@@ -136,14 +158,18 @@ def main() -> None:
     ap.add_argument("--slices", default="data/knowledge/slices.jsonl")
     ap.add_argument("--pairs", default="tests/distill/data/labelled_pairs.jsonl")
     ap.add_argument("--json", help="write every pair's signals here")
+    ap.add_argument("--signals", help="read the signals written by an earlier --json (no model)")
     args = ap.parse_args()
-    data = items(args.slices, args.pairs)
-    score_all(args.model, data)
+    if args.signals:
+        data = list(read_jsonl(args.signals))
+    else:
+        data = items(args.slices, args.pairs)
+        score_all(args.model, data)
     if args.json:
         with open(args.json, "w") as f:
             for d in data:
                 f.write(json.dumps({k: v for k, v in d.items() if k != "content"}) + "\n")
-    print(json.dumps(report(data), indent=1))
+    print(json.dumps({"auc": aucs(data), "thresholds": thresholds(data)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class GroundingParams(Section):
     """`distill.grounding`: the base model's log-likelihood gain from the passage."""
 
     enabled: bool = True
-    """Score every pair with the base model and drop those below min_gain (reason `ungrounded`)."""
+    """Score every pair with the base model; drop those below min_gain (reason `ungrounded`),
+    min_end_logprob (`incomplete`) or min_token_gain (`contradicts_passage`)."""
     model: str = "models/base"
     """Causal LM folder (Hugging Face format) that scores; models/base is the base_model stage's output."""
     min_gain: float = 1.5

@@ -188,7 +188,8 @@ def test_base_model_drops_a_truncated_and_a_negated_copy_and_keeps_the_good_one(
 @pytest.mark.slow
 def test_default_gate_on_the_labelled_pairs(base_model, tmp_path):
     """The 20 hand-labelled pairs (tests/distill/data) through the default grounding gate with the
-    real base model: every good pair kept, every bad one dropped, the truncated one as incomplete."""
+    real base model: every good pair kept, every bad one dropped; the truncated one (a paraphrase
+    cut short, so it gains too little and is dropped as ungrounded first) would be incomplete too."""
     from sftpipe.distill.gate import grounding_verdict
     from sftpipe.distill.grounding import signals
     from sftpipe.distill.run import Unit
@@ -205,7 +206,10 @@ def test_default_gate_on_the_labelled_pairs(base_model, tmp_path):
         verdicts.append((row["kind"], row["label"], grounding_verdict(unit, gate)))
     assert all(v == "kept" for _, label, v in verdicts if label == 1), verdicts
     assert all(v != "kept" for _, label, v in verdicts if label == 0), verdicts
-    assert [v for kind, _, v in verdicts if kind == "truncated"] == ["incomplete"]
+    ends = {r["kind"]: g["end_logprob"] for r, g in zip(rows, found, strict=True) if r["kind"] == "truncated"}
+    assert gate.min_end_logprob is not None and ends["truncated"] < gate.min_end_logprob
+    good_ends = [g["end_logprob"] for r, g in zip(rows, found, strict=True) if r["label"] == 1]
+    assert min(good_ends) > gate.min_end_logprob + 5  # a wide margin, not a lucky threshold
 
 
 def test_missing_base_model_is_one_clear_line(tmp_path):
@@ -371,7 +375,8 @@ def test_real_local_default_gate_keeps_the_good_controls_and_no_bad_one_it_can_s
     strict=True,
     reason="the contradicted controls of these two slices are negated by a prefix ('It is not true "
     "that ...') or one swapped word ('after' for 'before'); their smallest per-token gains (-0.42, "
-    "-0.32) lie above those of good paraphrases (-0.7 to -3.2): benchmarks/RESULTS.md",
+    "-0.32) lie above those of 9 of the 10 labelled good paraphrases (-0.65 to -3.2), so a threshold "
+    "that drops them keeps 1 of those 10: benchmarks/RESULTS.md",
 )
 def test_real_local_default_gate_keeps_no_control_bad_pair(default_run):
     """The issue's target: a small default run keeps no control-bad pair of any kind."""

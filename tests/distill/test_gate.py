@@ -90,6 +90,13 @@ def test_calibration_keeps_the_good_judge_and_ignores_the_bad_one(tmp_path, caps
     assert all(c["judges"]["oracle"]["weighted"] == (9.0 if c["label"] else 2.0) for c in controls)
     records = (tmp_path / "out" / "records.jsonl").read_text()
     assert "control" not in records  # controls are never exported
+    # the gate's verdict on every control: what it would keep of each kind
+    assert all(c["verdict"] == ("kept" if c["label"] else "low_score") for c in controls)
+    assert meta["control_verdicts"] == {
+        "contradicted": {"low_score": 2}, "lead": {"kept": 2}, "off_topic": {"low_score": 2},
+        "other_slice": {"low_score": 2}, "tail": {"kept": 1}, "truncated": {"low_score": 2},
+    }  # fmt: skip
+    assert cal["oracle"]["auc_by_kind"] == dict.fromkeys(BAD, 1.0)
 
 
 def test_no_judge_left_and_no_other_gate_fails_the_stage(tmp_path):
@@ -146,6 +153,19 @@ def test_grounding_verdict_names_each_signal_and_skips_what_is_off_or_unmeasured
     assert verdict(4.0, None, None) == "kept"  # not measurable (response cut to the budget)
     off = gate.model_copy(update={"min_end_logprob": None, "min_token_gain": None})
     assert verdict(4.0, -20.0, -5.0, off) == "kept"
+
+
+def test_end_of_turn_is_the_chat_templates_own(base_model):
+    from transformers import AutoTokenizer
+
+    from sftpipe.distill.grounding import end_of_turn
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    assert tok.decode([end_of_turn(tok)]) == "<|im_end|>"
+    tok.chat_template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
+    assert tok.decode([end_of_turn(tok)]) == ">>"  # whatever follows the assistant's text
+    tok.chat_template = None
+    assert end_of_turn(tok) == tok.eos_token_id  # no template: the EOS token
 
 
 def test_base_model_drops_a_truncated_and_a_negated_copy_and_keeps_the_good_one(base_model, tmp_path):
@@ -272,6 +292,8 @@ def test_score_command_scores_given_pairs_and_measures_the_gate_on_labels(tmp_pa
     assert [r["verdict"] for r in rows] == ["kept", "kept", "low_score", "low_score"]
     assert rows[3]["note"] == "cut" and rows[3]["label"] == 0 and rows[0]["input"] == ""
     assert rows[0]["judges"]["oracle"]["weighted"] == 9.0 and rows[0]["score"] == 9.0
+    assert rows[0]["grounding"] is None and rows[0]["end_logprob"] is None  # grounding off here
+    assert summary["control_verdicts"]["lead"] == {"kept": 2}
 
 
 def test_score_command_names_a_bad_pair_line(tmp_path):

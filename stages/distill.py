@@ -31,6 +31,7 @@ def main() -> None:
         mean_score_kept=metadata["mean_score_kept"],
         calibration=metadata.get("calibration", {}),
         judges_used=metadata.get("judges_used", []),
+        control_verdicts=metadata.get("control_verdicts", {}),
     )
     dropped = sum(report["dropped"].values())
     print(f"distill: {report['in']} in, {report['out']} out, {dropped} dropped {report['dropped']}")

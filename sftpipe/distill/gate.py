@@ -4,7 +4,7 @@ and the grounding gate.
 `judge_gate` measures every judge (and the grounding gain) on the control pairs as an AUC, and
 keeps the judges at or above `min_judge_auc`; a judge below it is ignored with a warning naming
 it. When no judge is left and no other gate is on, the stage fails rather than keep everything.
-`decide` then applies the kept judges' threshold and votes, and the grounding threshold.
+`decide` then applies the kept judges' threshold and votes, and the grounding gate's thresholds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sftpipe.distill.controls import auc
 from sftpipe.distill.slices import DistillError
 
 if TYPE_CHECKING:
+    from sftpipe.distill.grounding import GroundingParams
     from sftpipe.distill.run import DistillParams, Unit
 
 
@@ -31,8 +32,13 @@ def _separation(units: list[Unit], score) -> dict[str, Any]:
     def mean(xs: list[float]) -> float | None:
         return round(sum(xs) / len(xs), 4) if xs else None
 
+    by_kind: dict[str, list[float]] = {}
+    for u in units:
+        if u.control is not None and not u.control.label and (value := score(u)) is not None:
+            by_kind.setdefault(u.control.kind, []).append(value)
     return {
         "auc": auc(good, bad),
+        "auc_by_kind": {k: auc(good, xs) for k, xs in sorted(by_kind.items())},
         "good": len(good),
         "bad": len(bad),
         "mean_good": mean(good),
@@ -41,7 +47,8 @@ def _separation(units: list[Unit], score) -> dict[str, Any]:
 
 
 def calibration(params: DistillParams, controls: list[Unit]) -> dict[str, dict]:
-    """Per judge (and `grounding` when on): AUC, how many good and bad controls got a score, and
+    """Per judge (and, when grounding is on, `grounding`, `end_logprob` and `min_token_gain`):
+    AUC (overall and against each bad kind), how many good and bad controls got a score, and
     their mean scores."""
     out = {
         j.name: _separation(controls, lambda u, n=j.name: u.verdicts.get(n, {}).get("weighted"))
@@ -49,6 +56,8 @@ def calibration(params: DistillParams, controls: list[Unit]) -> dict[str, dict]:
     }
     if params.grounding.enabled:
         out["grounding"] = _separation(controls, lambda u: u.grounding)
+        out["end_logprob"] = _separation(controls, lambda u: u.end_logprob)
+        out["min_token_gain"] = _separation(controls, lambda u: u.min_token_gain)
     return out
 
 
@@ -82,7 +91,8 @@ def judge_gate(params: DistillParams, controls: list[Unit]) -> tuple[dict[str, d
 
 
 def decide(unit: Unit, used: list[str], params: DistillParams) -> str:
-    """The unit's status: kept, or why not (judge_failed, low_score, too_few_votes, ungrounded)."""
+    """The unit's status: kept, or why not (judge_failed, low_score, too_few_votes, and the
+    grounding gate's reasons)."""
     if used:
         scored = [unit.verdicts[n] for n in used if "weighted" in unit.verdicts.get(n, {})]
         if not scored:
@@ -97,7 +107,21 @@ def decide(unit: Unit, used: list[str], params: DistillParams) -> str:
             return "low_score"
         if unit.votes < min(params.min_votes, len(used)):
             return "too_few_votes"
-    gate = params.grounding
-    if gate.enabled and (unit.grounding is None or unit.grounding < gate.min_gain):
+    return grounding_verdict(unit, params.grounding) if params.grounding.enabled else "kept"
+
+
+def grounding_verdict(unit: Unit, gate: GroundingParams) -> str:
+    """kept, or ungrounded (the passage hardly raises the response's likelihood), incomplete (the
+    base model would not end the turn there) or contradicts_passage (a token the passage makes
+    much less likely). A signal that could not be measured (None: the response was cut to the
+    scoring budget) does not drop a pair; a missing gain does."""
+    if unit.grounding is None or not unit.grounding >= gate.min_gain:
         return "ungrounded"
+    checks = (
+        ("incomplete", unit.end_logprob, gate.min_end_logprob),
+        ("contradicts_passage", unit.min_token_gain, gate.min_token_gain),
+    )
+    for reason, value, least in checks:
+        if least is not None and value is not None and value < least:
+            return reason
     return "kept"

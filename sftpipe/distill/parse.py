@@ -80,6 +80,8 @@ def parse_pair(reply: Reply) -> dict:
     """A pair {"instruction", "input", "response"} from a generator reply; else Drop(why not)."""
     if not reply.ok:
         raise Drop("generation_failed")
+    if reply.finish_reason == "length":  # the generator was stopped: whatever parses is cut short
+        raise Drop("truncated")
     objects = json_objects(reply.content)
     nested = [v for o in objects for v in o.values() if isinstance(v, dict)]
     for obj in objects + nested:
@@ -87,9 +89,7 @@ def parse_pair(reply: Reply) -> dict:
         if isinstance(ins, str) and isinstance(resp, str) and ins.strip() and resp.strip():
             inp = inp.strip() if isinstance(inp, str) else ""
             return {"instruction": ins.strip(), "input": inp, "response": resp.strip()}
-    if objects:
-        raise Drop("invalid_pair")
-    raise Drop("truncated" if reply.finish_reason == "length" else "no_json")
+    raise Drop("invalid_pair" if objects else "no_json")
 
 
 def parse_verdict(reply: Reply, dimensions: Iterable[str] = DIMENSIONS) -> dict:

@@ -5,8 +5,9 @@ several judge LLMs and the grounding gate, the good ones kept as canonical recor
 Every slice (after chunking) x sample is one unit of accounting: `in` = slices x samples,
 `expanded` = extra chunks x samples, `out` = kept pairs, and each other unit is dropped with its
 reason (generation_failed, truncated, no_json, invalid_pair, judge_failed, low_score,
-too_few_votes, ungrounded). Control pairs (controls.py) are judged beside them to measure each
-judge (gate.py), written to controls.jsonl, never counted or exported. Outputs are ordered by
+too_few_votes, ungrounded, incomplete, contradicts_passage). Control pairs (controls.py) are judged
+and decided beside them to measure each judge and the gate (gate.py), written to controls.jsonl
+with their verdicts, never counted or exported. Outputs are ordered by
 slice and sample, never by completion order, and every answer (and grounding gain) comes from the
 request cache on a re-run, so the same inputs give the same bytes. When more than
 `max_error_rate` of one endpoint's requests fail, the stage fails and writes nothing.
@@ -30,7 +31,7 @@ from sftpipe.core.progress import bar
 from sftpipe.core.records import Drop, Record, make_record, message
 from sftpipe.distill.controls import Control, control_pairs
 from sftpipe.distill.gate import decide, judge_gate
-from sftpipe.distill.grounding import GroundingParams, check_model, gains
+from sftpipe.distill.grounding import GroundingParams, check_model, signals
 from sftpipe.distill.llama_server import DEFAULT_GGUF, LocalServerSpec, identity, local_servers
 from sftpipe.distill.llm import (
     Balancer,
@@ -185,6 +186,8 @@ class Unit:
     dimension_scores: dict[str, float] | None = None  # per dimension, mean over those judges
     votes: int = 0  # judges whose weighted score reached the threshold
     grounding: float | None = None  # the passage's log-likelihood gain (grounding.py)
+    end_logprob: float | None = None  # log-probability of ending the turn after the response
+    min_token_gain: float | None = None  # the smallest per-token gain
     control: Control | None = None  # a control pair: judged, never generated nor exported
 
     @property
@@ -348,9 +351,10 @@ def control_units(params: DistillParams, chunks: list[Chunk], start: int) -> lis
 
 def _ground(params: DistillParams, units: list[Unit], cache: RequestCache | None) -> None:
     todo = [(u, u.pair) for u in units if u.pair is not None]
-    found = gains(params.grounding, [(u.chunk.content, pair) for u, pair in todo], cache)
-    for (unit, _), gain in zip(todo, found, strict=True):
-        unit.grounding = gain
+    found = signals(params.grounding, [(u.chunk.content, pair) for u, pair in todo], cache)
+    for (unit, _), got in zip(todo, found, strict=True):
+        unit.grounding, unit.end_logprob = got["gain"], got["end_logprob"]
+        unit.min_token_gain = got["min_token_gain"]
 
 
 def preflight(params: DistillParams) -> None:
@@ -365,7 +369,8 @@ def preflight(params: DistillParams) -> None:
 
 def score(params: DistillParams, seed: int, make_units) -> tuple[list[Unit], dict, list[str]]:
     """Generate (units without a pair), judge and ground every unit, measure the judges on the
-    control units, and decide each other unit: (units, calibration report, judges used)."""
+    control units, and decide every unit (controls too, to show what the gate would keep):
+    (units, calibration report, judges used)."""
     units = make_units()
     if units:
         cache = RequestCache(cache_file(params.cache_dir)) if params.cache_dir else None
@@ -381,7 +386,7 @@ def score(params: DistillParams, seed: int, make_units) -> tuple[list[Unit], dic
                 cache.close()
     calibration, used = judge_gate(params, [u for u in units if u.control])
     for u in units:
-        if u.pair is not None and u.control is None:
+        if u.pair is not None:
             u.status = decide(u, used, params)
     return units, calibration, used
 
@@ -434,7 +439,7 @@ def _write(params, slices, chunks, units: list[Unit], out_dir, calibration, used
             tally.check()
         _write_controls(tmp / "controls.jsonl", [u for u in units if u.control])
         metadata = _metadata(params, slices, chunks, real, tally)
-        metadata.update(calibration=calibration, judges_used=used)
+        metadata.update(calibration=calibration, judges_used=used, control_verdicts=control_verdicts(units))
         write_json(tmp / "metadata.json", metadata)
     return tally, metadata
 
@@ -445,7 +450,19 @@ def _judging(u: Unit) -> dict:
         "score": u.score,
         "votes": u.votes,
         "grounding": u.grounding,
+        "end_logprob": u.end_logprob,
+        "min_token_gain": u.min_token_gain,
     }
+
+
+def control_verdicts(units: list[Unit]) -> dict[str, dict[str, int]]:
+    """Per control kind, how many the gate would keep and why it drops the others: a bad kind with
+    `kept` is one the gate cannot see."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for u in units:
+        if u.control is not None:
+            counts[u.control.kind][u.status] += 1
+    return {kind: dict(sorted(c.items())) for kind, c in sorted(counts.items())}
 
 
 def _write_controls(path: Path, units: list[Unit]) -> None:
@@ -453,7 +470,7 @@ def _write_controls(path: Path, units: list[Unit]) -> None:
         for u in sorted(units, key=lambda u: u.index):
             assert u.control is not None and u.pair is not None  # controls come with their pair
             head = {"slice": u.chunk.id, "kind": u.control.kind, "label": u.control.label}
-            out.write({**head, **u.pair, **_judging(u)})
+            out.write({**head, **u.pair, **_judging(u), "verdict": u.status})
 
 
 def _record(u: Unit, pair: dict) -> Record:
@@ -472,6 +489,7 @@ def _record(u: Unit, pair: dict) -> Record:
         meta["avg_score"], meta["dimension_scores"] = u.score, u.dimension_scores
     if u.grounding is not None:
         meta["grounding"] = u.grounding
+        meta["end_logprob"], meta["min_token_gain"] = u.end_logprob, u.min_token_gain
     if pair["input"]:
         meta["alpaca_input"] = pair["input"]
     if u.chunk.metadata:

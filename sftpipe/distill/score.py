@@ -16,7 +16,7 @@ from typing import Any
 from sftpipe.core.jsonio import JsonlWriter
 from sftpipe.core.records import Drop
 from sftpipe.distill.controls import auc
-from sftpipe.distill.run import DistillParams, Unit, control_units, preflight, score
+from sftpipe.distill.run import DistillParams, Unit, control_units, control_verdicts, preflight, score
 from sftpipe.distill.slices import Chunk, DistillError, chunks_of, read_slices
 from sftpipe.io.readers import ReadError, read_file
 
@@ -55,7 +55,7 @@ def _verdicts(units: list[Unit]) -> dict[str, Any]:
 
 
 def labelled_auc(units: list[Unit], rows: list[dict], judges: list[str]) -> dict[str, Any]:
-    """Each judge's and the grounding gain's AUC on the rows' 0/1 labels, and how the verdicts
+    """Each judge's and each grounding signal's AUC on the rows' 0/1 labels, and how the verdicts
     split them; {} when the rows carry no labels."""
     labelled = [(u, r["label"]) for u, r in zip(units, rows, strict=True) if r.get("label") in (0, 1)]
     if not labelled:
@@ -68,6 +68,8 @@ def labelled_auc(units: list[Unit], rows: list[dict], judges: list[str]) -> dict
 
     out: dict[str, Any] = {n: split(lambda u, n=n: u.verdicts.get(n, {}).get("weighted")) for n in judges}
     out["grounding"] = split(lambda u: u.grounding)
+    out["end_logprob"] = split(lambda u: u.end_logprob)
+    out["min_token_gain"] = split(lambda u: u.min_token_gain)
     out["gate"] = split(lambda u: float(u.status == "kept"))
     out["kept_good"] = sum(u.status == "kept" for u, lab in labelled if lab)
     out["kept_bad"] = sum(u.status == "kept" for u, lab in labelled if not lab)
@@ -99,13 +101,18 @@ def score_pairs(params: DistillParams, seed: int, slices: str, pairs: str, out: 
             extra = {k: v for k, v in row.items() if k not in FIELDS and k != "_pos"}
             judging = {"judges": dict(sorted(u.verdicts.items())), "score": u.score, "votes": u.votes}
             pair = {k: row[k].strip() for k in FIELDS[1:]}
-            writer.write({"slice": row["slice"], **pair, **extra, **judging, "grounding": u.grounding,
-                          "verdict": u.status})  # fmt: skip
+            signals = {
+                "grounding": u.grounding,
+                "end_logprob": u.end_logprob,
+                "min_token_gain": u.min_token_gain,
+            }
+            writer.write({"slice": row["slice"], **pair, **extra, **judging, **signals, "verdict": u.status})
     names = [j.name for j in params.judges]
     return {
         "pairs": len(given),
         "verdicts": _verdicts(given),
         "judges_used": used,
         "calibration": calibration,
+        "control_verdicts": control_verdicts(units),
         "labelled_auc": labelled_auc(given, rows, names),
     }

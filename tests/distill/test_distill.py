@@ -114,6 +114,8 @@ def test_raw_newlines_inside_strings_are_accepted():
 def test_pairs_that_cannot_be_read_say_why():
     assert pair('{"instruction": "What is SFT?", "response": "Train') == (None, "no_json")
     assert pair('{"instruction": "What is SFT?", "response": "Train', "length") == (None, "truncated")
+    # a reply the generator was stopped in is cut, even when what it wrote so far parses
+    assert pair('{"instruction": "What is SFT?", "response": "Train on"}', "length") == (None, "truncated")
     assert pair('{"instruction": "What is SFT?", "input": ""}') == (None, "invalid_pair")
     assert pair('{"instruction": "", "response": "x"}') == (None, "invalid_pair")
     assert pair("no braces at all") == (None, "no_json")

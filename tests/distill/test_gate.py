@@ -90,6 +90,13 @@ def test_calibration_keeps_the_good_judge_and_ignores_the_bad_one(tmp_path, caps
     assert all(c["judges"]["oracle"]["weighted"] == (9.0 if c["label"] else 2.0) for c in controls)
     records = (tmp_path / "out" / "records.jsonl").read_text()
     assert "control" not in records  # controls are never exported
+    # the gate's verdict on every control: what it would keep of each kind
+    assert all(c["verdict"] == ("kept" if c["label"] else "low_score") for c in controls)
+    assert meta["control_verdicts"] == {
+        "contradicted": {"low_score": 2}, "lead": {"kept": 2}, "off_topic": {"low_score": 2},
+        "other_slice": {"low_score": 2}, "tail": {"kept": 1}, "truncated": {"low_score": 2},
+    }  # fmt: skip
+    assert cal["oracle"]["auc_by_kind"] == dict.fromkeys(BAD, 1.0)
 
 
 def test_no_judge_left_and_no_other_gate_fails_the_stage(tmp_path):
@@ -125,6 +132,104 @@ def test_grounding_gain_separates_grounded_from_off_topic_answers(base_model, tm
     assert first[0] > 1.0 > first[1] and first[0] - first[1] > 1.0
     assert len(cache) == 2 and gains(params, [(passage, off)], cache) == first[1:]  # from the cache
     cache.close()
+
+
+def test_grounding_verdict_names_each_signal_and_skips_what_is_off_or_unmeasured():
+    from sftpipe.distill.gate import grounding_verdict
+    from sftpipe.distill.run import Unit
+    from sftpipe.distill.slices import Chunk
+
+    gate = GroundingParams(min_gain=1.5, min_end_logprob=-15.0, min_token_gain=-4.0)
+
+    def verdict(gain, end, low, params=gate):
+        unit = Unit(0, Chunk("a", "a", "text", {}), 0, grounding=gain, end_logprob=end, min_token_gain=low)
+        return grounding_verdict(unit, params)
+
+    assert verdict(4.0, -1.0, 0.1) == "kept"
+    assert verdict(1.0, -1.0, 0.1) == "ungrounded" and verdict(None, -1.0, 0.1) == "ungrounded"
+    assert verdict(float("nan"), -1.0, 0.1) == "ungrounded"
+    assert verdict(4.0, -20.0, 0.1) == "incomplete"
+    assert verdict(4.0, -1.0, -5.0) == "contradicts_passage"
+    assert verdict(4.0, None, None) == "kept"  # not measurable (response cut to the budget)
+    off = gate.model_copy(update={"min_end_logprob": None, "min_token_gain": None})
+    assert verdict(4.0, -20.0, -5.0, off) == "kept"
+
+
+def test_end_of_turn_is_the_chat_templates_own(base_model):
+    from transformers import AutoTokenizer
+
+    from sftpipe.distill.grounding import end_of_turn
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    assert tok.decode([end_of_turn(tok)]) == "<|im_end|>"
+    tok.chat_template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
+    assert tok.decode([end_of_turn(tok)]) == ">>"  # whatever follows the assistant's text
+    tok.chat_template = None
+    assert end_of_turn(tok) == tok.eos_token_id  # no template: the EOS token
+
+
+def test_base_model_drops_a_truncated_and_a_negated_copy_and_keeps_the_good_one(base_model, tmp_path):
+    """Two sentences of a shipped slice, answered with the passage, the passage cut mid-sentence
+    and the passage negated (controls.py), and with a paraphrase: scored by the real base model
+    with the default thresholds."""
+    from sftpipe.distill.gate import grounding_verdict
+    from sftpipe.distill.grounding import signals
+    from sftpipe.distill.run import Unit
+    from sftpipe.distill.slices import Chunk
+
+    passage = (
+        "Remove duplicates before you split the data. Exact copies are found by hashing the normalised text."
+    )
+    answers = {
+        "copy": passage,
+        "paraphrase": "Duplicates are removed before the split, and exact copies are found by hashing the text.",
+        "truncated": truncate(passage),
+        "negated": negate(passage),
+    }
+    assert answers["negated"].count(" not ") == 1 and " after " in answers["negated"]
+    gate = GroundingParams(model=base_model, max_tokens=256)
+    ask = {"instruction": "Summarize what the passage says.", "input": ""}
+    found = signals(gate, [(passage, {**ask, "response": r}) for r in answers.values()])
+    verdicts = {}
+    for name, got in zip(answers, found, strict=True):
+        unit = Unit(0, Chunk("a", "a", passage, {}), 0, grounding=got["gain"], end_logprob=got["end_logprob"],
+                    min_token_gain=got["min_token_gain"])  # fmt: skip
+        verdicts[name] = grounding_verdict(unit, gate)
+    assert verdicts == {
+        "copy": "kept",
+        "paraphrase": "kept",
+        "truncated": "incomplete",
+        "negated": "contradicts_passage",
+    }, found
+    # every copy gains from the passage: the mean gain alone would keep all four
+    assert min(g["gain"] for g in found) > gate.min_gain
+
+
+@pytest.mark.slow
+def test_default_gate_on_the_labelled_pairs(base_model, tmp_path):
+    """The 20 hand-labelled pairs (tests/distill/data) through the default grounding gate with the
+    real base model: every good pair kept, every bad one dropped; the truncated one (a paraphrase
+    cut short, so it gains too little and is dropped as ungrounded first) would be incomplete too."""
+    from sftpipe.distill.gate import grounding_verdict
+    from sftpipe.distill.grounding import signals
+    from sftpipe.distill.run import Unit
+
+    rows = list(read_jsonl(ROOT / "tests/distill/data/labelled_pairs.jsonl"))
+    passages = {s["id"]: s["content"] for s in read_slices(ROOT / "data/knowledge/slices.jsonl")}
+    gate = GroundingParams(model=base_model)
+    found = signals(gate, [(passages[r["slice"]], r) for r in rows])
+    verdicts = []
+    for row, got in zip(rows, found, strict=True):
+        chunk = chunks_of([{"id": row["slice"], "content": passages[row["slice"]], "metadata": {}}], 1500)[0]
+        unit = Unit(0, chunk, 0, grounding=got["gain"], end_logprob=got["end_logprob"],
+                    min_token_gain=got["min_token_gain"])  # fmt: skip
+        verdicts.append((row["kind"], row["label"], grounding_verdict(unit, gate)))
+    assert all(v == "kept" for _, label, v in verdicts if label == 1), verdicts
+    assert all(v != "kept" for _, label, v in verdicts if label == 0), verdicts
+    ends = {r["kind"]: g["end_logprob"] for r, g in zip(rows, found, strict=True) if r["kind"] == "truncated"}
+    assert gate.min_end_logprob is not None and ends["truncated"] < gate.min_end_logprob
+    good_ends = [g["end_logprob"] for r, g in zip(rows, found, strict=True) if r["label"] == 1]
+    assert min(good_ends) > gate.min_end_logprob + 5  # a wide margin, not a lucky threshold
 
 
 def test_missing_base_model_is_one_clear_line(tmp_path):
@@ -187,6 +292,8 @@ def test_score_command_scores_given_pairs_and_measures_the_gate_on_labels(tmp_pa
     assert [r["verdict"] for r in rows] == ["kept", "kept", "low_score", "low_score"]
     assert rows[3]["note"] == "cut" and rows[3]["label"] == 0 and rows[0]["input"] == ""
     assert rows[0]["judges"]["oracle"]["weighted"] == 9.0 and rows[0]["score"] == 9.0
+    assert rows[0]["grounding"] is None and rows[0]["end_logprob"] is None  # grounding off here
+    assert summary["control_verdicts"]["lead"] == {"kept": 2}
 
 
 def test_score_command_names_a_bad_pair_line(tmp_path):
@@ -242,16 +349,15 @@ def test_logprob_judges_score_by_expected_value(tmp_path):
     assert "sampled" not in scored["b"]["plain"]
 
 
-@pytest.mark.slow
-def test_real_local_default_gate_keeps_no_bad_control_it_can_see(base_model, tmp_path):
-    """The default gate on the real local server and base model, 2 shipped slices, 1 sample: each
-    judge is measured, and the grounding gate would keep every good control and no off-topic or
-    other-slice one (truncated and negated copies still gain: only a calibrated judge sees them)."""
+@pytest.fixture(scope="module")
+def default_run(base_model, tmp_path_factory):
+    """The default params on the real local server and base model, 2 shipped slices, 1 sample."""
     pytest.importorskip("llama_cpp")
-    slices = [json.loads(line) for line in (ROOT / "data/knowledge/slices.jsonl").open()][:2]
-    write_lines(tmp_path / "slices.jsonl", [json.dumps(s) for s in slices])
     from sftpipe.distill.run import DistillParams
 
+    tmp_path = tmp_path_factory.mktemp("default_run")
+    slices = [json.loads(line) for line in (ROOT / "data/knowledge/slices.jsonl").open()][:2]
+    write_lines(tmp_path / "slices.jsonl", [json.dumps(s) for s in slices])
     params = DistillParams.model_validate(
         {
             "slices": str(tmp_path / "slices.jsonl"),
@@ -262,12 +368,39 @@ def test_real_local_default_gate_keeps_no_bad_control_it_can_see(base_model, tmp
         }
     )
     tally, meta = distill(params, 42, tmp_path / "out")
-    assert set(meta["calibration"]) == {"judge-a", "judge-b", "grounding"}
-    min_gain = params.grounding.min_gain
-    controls = list(read_jsonl(tmp_path / "out" / "controls.jsonl"))
+    return params, tally, meta, list(read_jsonl(tmp_path / "out" / "controls.jsonl")), tmp_path / "out"
+
+
+@pytest.mark.slow
+def test_real_local_default_gate_keeps_the_good_controls_and_no_bad_one_it_can_see(default_run):
+    """Each judge is measured; the gate keeps every good control and drops every off-topic,
+    other-slice and truncated one, each for its reason."""
+    params, tally, meta, controls, out = default_run
+    assert {"judge-a", "judge-b", "grounding", "end_logprob", "min_token_gain"} <= set(meta["calibration"])
     assert len(controls) == 12
-    assert all(c["grounding"] >= min_gain for c in controls if c["label"] == 1)
-    assert all(c["grounding"] < min_gain for c in controls if c["kind"] in ("off_topic", "other_slice"))
-    for record in read_jsonl(tmp_path / "out" / "records.jsonl"):
-        assert record["meta"]["grounding"] >= min_gain
+    verdicts = {(c["slice"], c["kind"]): c["verdict"] for c in controls}
+    assert all(v == "kept" for (_, kind), v in verdicts.items() if kind in GOOD), verdicts
+    assert all(v == "ungrounded" for (_, k), v in verdicts.items() if k in ("off_topic", "other_slice")), (
+        verdicts
+    )
+    assert all(v == "incomplete" for (_, kind), v in verdicts.items() if kind == "truncated"), verdicts
+    assert meta["calibration"]["end_logprob"]["auc_by_kind"]["truncated"] == 1.0
+    kept_bad = {k: n.get("kept", 0) for k, n in meta["control_verdicts"].items() if k in BAD}
+    assert kept_bad["truncated"] == kept_bad["off_topic"] == kept_bad["other_slice"] == 0
+    for record in read_jsonl(out / "records.jsonl"):
+        assert record["meta"]["grounding"] >= params.grounding.min_gain
     assert tally.n_out + sum(tally.dropped.values()) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the contradicted controls of these two slices are negated by a prefix ('It is not true "
+    "that ...') or one swapped word ('after' for 'before'); their smallest per-token gains (-0.42, "
+    "-0.32) lie above those of 9 of the 10 labelled good paraphrases (-0.65 to -3.2), so a threshold "
+    "that drops them keeps 1 of those 10: benchmarks/RESULTS.md",
+)
+def test_real_local_default_gate_keeps_no_control_bad_pair(default_run):
+    """The issue's target: a small default run keeps no control-bad pair of any kind."""
+    _, _, meta, controls, _ = default_run
+    assert [c["kind"] for c in controls if c["label"] == 0 and c["verdict"] == "kept"] == []

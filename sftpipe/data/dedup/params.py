@@ -45,6 +45,8 @@ class SemanticParams(Section):
     """Verification of a candidate, as near dedup's `threshold`: similarity of the differing parts."""
     part_threshold: float = Field(0.5, ge=0, le=1)
     """Verification, as near dedup's `part_threshold`: what its questions and answers must each reach."""
+    backend: Literal["onnx-int8", "onnx", "torch"] = "onnx-int8"
+    """Encoder: ONNX Runtime with int8 weights (fastest), ONNX Runtime float32, or sentence-transformers on torch."""
     max_seq_length: int = Field(128, ge=8)
     """Model tokens embedded per conversation (the rest is cut)."""
     batch_size: int = Field(64, ge=1)

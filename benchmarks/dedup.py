@@ -22,6 +22,7 @@ Metrics, for each system:
     python benchmarks/dedup.py                       # build the corpus (once), run all three
     python benchmarks/dedup.py --only sftpipe        # one system
     python benchmarks/dedup.py --datatrove-tokenizer whitespace
+    python benchmarks/dedup.py --encoders 2000       # dedup.semantic.backend side by side (after a run)
 
 datatrove runs as a subprocess in its own virtualenv, created on first use under
 benchmarks/.venv-datatrove (git-ignored) with pinned versions.

@@ -483,7 +483,7 @@ def test_semantic_merges_rewordings_not_exchanges_under_one_instruction(tmp_path
     instruction = (
         "You are given a customer review of a product. Classify its sentiment as positive, negative "
         "or neutral, and explain your answer in one sentence, quoting the words that decide it. "
-    ) * 6  # longer than the 128 model tokens embedded: a prefix embeds as the instruction alone
+    ) * 6  # longer than the max_seq_length tokens embedded: a prefix embeds as the instruction alone
     records = [
         rec("a/1", "How can I make my laptop battery last longer?",
             "Lower the screen brightness, close unused apps and turn on battery saver mode so it lasts."),

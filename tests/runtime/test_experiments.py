@@ -45,6 +45,9 @@ def _project(tmp: Path, base_dir: Path, tiny_data: Path) -> Path:
         shutil.copy(ROOT / "stages" / script, repo / "stages" / script)
     shutil.copytree(tiny_data, repo / "data/processed/hf")
     (repo / "data/processed/metadata.json").write_text(json.dumps({"template": "tokenizer"}))
+    # what the inputs stage writes for evaluate: its task files' fingerprints (none here)
+    (repo / "data/interim/inputs").mkdir(parents=True)
+    (repo / "data/interim/inputs/evaluate.json").write_text("{}\n")
     shutil.copytree(base_dir, repo / "models/base")
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in ("train", "evaluate")}}))
@@ -54,7 +57,7 @@ def _project(tmp: Path, base_dir: Path, tiny_data: Path) -> Path:
     _sh(repo, "git", "init", "-q")
     _sh(repo, "dvc", "init", "-q")
     _sh(repo, "dvc", "config", "cache.type", "symlink,copy")
-    _sh(repo, "dvc", "add", "-q", "data/processed/hf", "models/base")
+    _sh(repo, "dvc", "add", "-q", "data/processed/hf", "models/base", "data/interim/inputs/evaluate.json")
     _sh(repo, "git", "add", "-A")
     _sh(repo, *git, "commit", "-q", "-m", "tiny project")
     return repo

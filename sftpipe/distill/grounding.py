@@ -178,10 +178,3 @@ def signals(
             if cache is not None:
                 cache.put(keys[i], got)
     return [g for g in found if g is not None]
-
-
-def gains(
-    params: GroundingParams, items: Iterable[tuple[str, dict]], cache: RequestCache | None = None
-) -> list[float]:
-    """The gain alone of every (passage, pair)."""
-    return [s["gain"] for s in signals(params, items, cache)]  # type: ignore[misc]

@@ -430,7 +430,7 @@ def _write(params, slices, chunks, units: list[Unit], out_dir, calibration, used
                     tally.drop(u.status, {"content": u.reply.content, "error": u.reply.error}, **where)
                     continue
                 record = _record(u, u.pair)
-                scored.write({**where, "id": record["id"], **u.pair, **_judging(u), "status": u.status})
+                scored.write({**where, "id": record["id"], **u.pair, **judging(u), "status": u.status})
                 if u.status == "kept":
                     records.write(record)
                     tally.kept()
@@ -444,7 +444,8 @@ def _write(params, slices, chunks, units: list[Unit], out_dir, calibration, used
     return tally, metadata
 
 
-def _judging(u: Unit) -> dict:
+def judging(u: Unit) -> dict:
+    """What the judges and the grounding gate said of a unit, as the output files carry it."""
     return {
         "judges": dict(sorted(u.verdicts.items())),
         "score": u.score,
@@ -470,7 +471,7 @@ def _write_controls(path: Path, units: list[Unit]) -> None:
         for u in sorted(units, key=lambda u: u.index):
             assert u.control is not None and u.pair is not None  # controls come with their pair
             head = {"slice": u.chunk.id, "kind": u.control.kind, "label": u.control.label}
-            out.write({**head, **u.pair, **_judging(u), "verdict": u.status})
+            out.write({**head, **u.pair, **judging(u), "verdict": u.status})
 
 
 def _record(u: Unit, pair: dict) -> Record:

@@ -16,7 +16,15 @@ from typing import Any
 from sftpipe.core.jsonio import JsonlWriter
 from sftpipe.core.records import Drop
 from sftpipe.distill.controls import auc
-from sftpipe.distill.run import DistillParams, Unit, control_units, control_verdicts, preflight, score
+from sftpipe.distill.run import (
+    DistillParams,
+    Unit,
+    control_units,
+    control_verdicts,
+    judging,
+    preflight,
+    score,
+)
 from sftpipe.distill.slices import Chunk, DistillError, chunks_of, read_slices
 from sftpipe.io.readers import ReadError, read_file
 
@@ -99,14 +107,8 @@ def score_pairs(params: DistillParams, seed: int, slices: str, pairs: str, out: 
     with JsonlWriter(out) as writer:
         for u, row in zip(given, rows, strict=True):
             extra = {k: v for k, v in row.items() if k not in FIELDS and k != "_pos"}
-            judging = {"judges": dict(sorted(u.verdicts.items())), "score": u.score, "votes": u.votes}
             pair = {k: row[k].strip() for k in FIELDS[1:]}
-            signals = {
-                "grounding": u.grounding,
-                "end_logprob": u.end_logprob,
-                "min_token_gain": u.min_token_gain,
-            }
-            writer.write({"slice": row["slice"], **pair, **extra, **judging, **signals, "verdict": u.status})
+            writer.write({"slice": row["slice"], **pair, **extra, **judging(u), "verdict": u.status})
     names = [j.name for j in params.judges]
     return {
         "pairs": len(given),

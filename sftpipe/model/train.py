@@ -662,8 +662,7 @@ def launch_command(params: TrainParams, argv: list[str]) -> list[str] | None:
 
 
 def deterministic(on: bool) -> None:
-    import os
-
+    """torch's deterministic algorithms on or off (`train.deterministic`)."""
     import torch
 
     if on:  # cuBLAS reduces in a fixed order only with a fixed workspace, set before CUDA starts

@@ -11,7 +11,7 @@ import pytest
 
 from sftpipe.core.jsonio import read_jsonl
 from sftpipe.distill.controls import BAD, GOOD, auc, control_pairs, negate, truncate
-from sftpipe.distill.grounding import GroundingParams, gains
+from sftpipe.distill.grounding import GroundingParams, signals
 from sftpipe.distill.run import distill
 from sftpipe.distill.slices import DistillError, chunks_of, read_slices
 from tests.conftest import ROOT, write_lines
@@ -128,9 +128,10 @@ def test_grounding_gain_separates_grounded_from_off_topic_answers(base_model, tm
     off = {**ask, "response": "Our service is available 24/7 and our staff are happy to help."}
     params = GroundingParams(model=base_model, max_tokens=128)
     cache = RequestCache(tmp_path / "c.sqlite")
-    first = gains(params, [(passage, grounded), (passage, off)], cache)
+    scored = signals(params, [(passage, grounded), (passage, off)], cache)
+    first = [s["gain"] for s in scored]
     assert first[0] > 1.0 > first[1] and first[0] - first[1] > 1.0
-    assert len(cache) == 2 and gains(params, [(passage, off)], cache) == first[1:]  # from the cache
+    assert len(cache) == 2 and signals(params, [(passage, off)], cache) == scored[1:]  # from the cache
     cache.close()
 
 

@@ -605,6 +605,11 @@ def save_model(
 
     model = trainer.model
     model.config.use_cache = True  # for whoever generates with the saved model
+    for config in getattr(model, "peft_config", {}).values():
+        # peft keeps target_modules as a set and saves it in hash order, which PYTHONHASHSEED
+        # changes per process: adapter_config.json (and models/sft's hash) differed run to run
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
     gen = copy.deepcopy(model.generation_config)
     gen.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
     gen.pad_token_id = tokenizer.pad_token_id

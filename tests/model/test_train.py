@@ -158,6 +158,10 @@ def test_train_stage_lowers_the_loss(stage_repo):
     sft = repo / "models/sft"
     adapter = json.loads((sft / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_alpha"] == 32 and adapter["peft_type"] == "LORA"
+    # in a fixed order, not the set's hash order, so the folder's bytes repeat from run to run
+    assert (
+        adapter["target_modules"] == sorted(adapter["target_modules"]) and len(adapter["target_modules"]) > 1
+    )
     assert (sft / "adapter_model.safetensors").stat().st_size > 1_000_000
     assert (sft / "tokenizer.json").is_file() and not (sft / "README.md").exists()
     assert sorted(p.name for p in (repo / ".cache/checkpoints").iterdir()) == [

@@ -1,9 +1,10 @@
 """inputs: fingerprint the files each stage reads, so each depends on its own inputs only.
 
 Writes data/interim/inputs/sources/<source>.json (what ingest@<source> reads),
-data/interim/inputs/decontaminate.json (dedup's evaluation sets) and
-data/interim/inputs/evaluate.json (evaluate's task and prompt files). A new or changed file under
-data/raw/ re-runs this stage, and then only the stages whose fingerprint changed.
+data/interim/inputs/decontaminate.json (dedup's evaluation sets),
+data/interim/inputs/evaluate.json (evaluate's task and prompt files) and
+data/interim/inputs/distill.json (the NLI model and GGUF file distill's params name). A new or
+changed file under data/raw/ re-runs this stage, and then only the stages whose fingerprint changed.
 """
 
 import argparse
@@ -24,7 +25,7 @@ def main() -> None:
     counts = inputs.write(args.out, params.sources, read(args.params))
     print(
         f"inputs: fingerprinted {counts['sources']} sources, {counts['decontaminate']} decontamination"
-        f" sets, {counts['evaluate']} evaluation files"
+        f" sets, {counts['evaluate']} evaluation files, {counts['distill']} distill models"
     )
 
 

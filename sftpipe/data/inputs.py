@@ -6,7 +6,8 @@ one new file there re-ran every source. The `inputs` stage depends on data/raw/ 
 one small JSON per consumer saying what identifies the bytes it reads: each local file's md5, the
 package version and file md5, the URL's ETag, the hub id and revision. Each consumer depends on its
 own JSON, and DVC skips it when that comes out the same. It also gives evaluate's task files a DVC
-dependency they lacked.
+dependency they lacked, and distill the model files its params name (an NLI model, a GGUF): keep
+them under data/raw/ so that replacing one re-runs this stage.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ def local_files(key: str, path: str | Path) -> dict[str, str]:
         found = files_in(path)
     except ReadError as exc:
         raise ParamsError(f"{key}: {exc}") from None
+    return {str(p): file_md5([p]) for p in found}
+
+
+def model_files(key: str, path: str) -> dict[str, str]:
+    """md5 of a model file, or of every file of a model folder, by path."""
+    root = Path(path)
+    if not root.exists():
+        raise ParamsError(f"{key}: {path}: no such file or folder")
+    found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     return {str(p): file_md5([p]) for p in found}
 
 
@@ -61,12 +71,27 @@ def evaluation_files(params: dict) -> tuple[dict, dict]:
     return sets, files
 
 
+def distill_files(params: dict) -> dict:
+    """The model files distill's params name, as name -> {file: md5}."""
+    named = {"nli.model": _paths(params, "distill", "nli").get("model")}
+    named["local.gguf"] = _paths(params, "distill", "local").get("gguf")
+    return {k: model_files(f"distill.{k}", v) for k, v in named.items() if isinstance(v, str)}
+
+
 def write(out: str | Path, sources: dict[str, SourceSpec], params: dict) -> dict[str, int]:
-    """Write `out`/sources/<name>.json, `out`/decontaminate.json and `out`/evaluate.json."""
+    """Write `out`/sources/<name>.json, `out`/decontaminate.json, `out`/evaluate.json and
+    `out`/distill.json."""
     out = Path(out)
     for name, spec in sorted(sources.items()):
         write_json(out / "sources" / f"{name}.json", source(name, spec))
     sets, files = evaluation_files(params)
     write_json(out / "decontaminate.json", sets)
     write_json(out / "evaluate.json", files)
-    return {"sources": len(sources), "decontaminate": len(sets), "evaluate": len(files)}
+    models = distill_files(params)
+    write_json(out / "distill.json", models)
+    return {
+        "sources": len(sources),
+        "decontaminate": len(sets),
+        "evaluate": len(files),
+        "distill": len(models),
+    }

@@ -1,10 +1,11 @@
 """What keeps a pair: the judges that proved they can tell good from bad on the control pairs,
-and the grounding gate.
+the grounding gate and the contradiction (NLI) gate.
 
 `judge_gate` measures every judge (and the grounding gain) on the control pairs as an AUC, and
 keeps the judges at or above `min_judge_auc`; a judge below it is ignored with a warning naming
 it. When no judge is left and no other gate is on, the stage fails rather than keep everything.
-`decide` then applies the kept judges' threshold and votes, and the grounding gate's thresholds.
+`decide` then applies the kept judges' threshold and votes, the grounding gate's thresholds and
+the NLI gate's `max_contradiction`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _separation(units: list[Unit], score) -> dict[str, Any]:
 
 
 def calibration(params: DistillParams, controls: list[Unit]) -> dict[str, dict]:
-    """Per judge (and, when grounding is on, `grounding`, `end_logprob` and `min_token_gain`):
+    """Per judge (and, when grounding is on, `grounding`, `end_logprob` and `min_token_gain`;
+    when the NLI gate is on, `nli`: 1 - the largest contradiction probability, so higher is better):
     AUC (overall and against each bad kind), how many good and bad controls got a score, and
     their mean scores."""
     out = {
@@ -58,6 +60,8 @@ def calibration(params: DistillParams, controls: list[Unit]) -> dict[str, dict]:
         out["grounding"] = _separation(controls, lambda u: u.grounding)
         out["end_logprob"] = _separation(controls, lambda u: u.end_logprob)
         out["min_token_gain"] = _separation(controls, lambda u: u.min_token_gain)
+    if params.nli.enabled:
+        out["nli"] = _separation(controls, lambda u: None if u.contradiction is None else 1 - u.contradiction)
     return out
 
 
@@ -79,20 +83,20 @@ def judge_gate(params: DistillParams, controls: list[Unit]) -> tuple[dict[str, d
             f"min_judge_auc {params.min_judge_auc:g}",
             file=sys.stderr,
         )
-    if not used and not params.grounding.enabled:
+    if not used and not params.grounding.enabled and not params.nli.enabled:
         aucs = ", ".join(f"{n} {report[n]['auc']}" for n in names)
         raise DistillError(
             f"distill: no judge tells good from bad pairs (AUC on the control pairs: "
             f"{aucs}; min_judge_auc "
             f"{params.min_judge_auc:g}) and no other gate is on: use better judges, lower "
-            "distill.min_judge_auc, or turn on distill.grounding"
+            "distill.min_judge_auc, or turn on distill.grounding or distill.nli"
         )
     return report, used
 
 
 def decide(unit: Unit, used: list[str], params: DistillParams) -> str:
     """The unit's status: kept, or why not (judge_failed, low_score, too_few_votes, and the
-    grounding gate's reasons)."""
+    grounding gate's reasons; contradicts_passage also from the NLI gate)."""
     if used:
         scored = [unit.verdicts[n] for n in used if "weighted" in unit.verdicts.get(n, {})]
         if not scored:
@@ -107,7 +111,11 @@ def decide(unit: Unit, used: list[str], params: DistillParams) -> str:
             return "low_score"
         if unit.votes < min(params.min_votes, len(used)):
             return "too_few_votes"
-    return grounding_verdict(unit, params.grounding) if params.grounding.enabled else "kept"
+    status = grounding_verdict(unit, params.grounding) if params.grounding.enabled else "kept"
+    contradicted = unit.contradiction is not None and unit.contradiction > params.nli.max_contradiction
+    if status == "kept" and params.nli.enabled and contradicted:
+        return "contradicts_passage"
+    return status
 
 
 def grounding_verdict(unit: Unit, gate: GroundingParams) -> str:

@@ -46,6 +46,8 @@ from sftpipe.distill.llm import (
     server_limits,
     server_of,
 )
+from sftpipe.distill.nli import NliParams, contradictions
+from sftpipe.distill.nli import check_model as check_nli_model
 from sftpipe.distill.parse import expected_scores, parse_pair, parse_verdict, weighted
 from sftpipe.distill.prompts import (
     DIMENSIONS,
@@ -140,6 +142,8 @@ class DistillParams(Section):
     """A judge whose AUC on the control pairs is below this is ignored (with a warning)."""
     grounding: GroundingParams = GroundingParams()
     """The grounding gate: the base model's log-likelihood gain from the passage."""
+    nli: NliParams = NliParams()
+    """The contradiction gate: an NLI model reads each response sentence against the passage."""
 
     @model_validator(mode="after")
     def _check(self) -> DistillParams:
@@ -188,6 +192,7 @@ class Unit:
     grounding: float | None = None  # the passage's log-likelihood gain (grounding.py)
     end_logprob: float | None = None  # log-probability of ending the turn after the response
     min_token_gain: float | None = None  # the smallest per-token gain
+    contradiction: float | None = None  # the NLI model's largest P(contradiction) over sentences
     control: Control | None = None  # a control pair: judged, never generated nor exported
 
     @property
@@ -357,6 +362,13 @@ def _ground(params: DistillParams, units: list[Unit], cache: RequestCache | None
         unit.min_token_gain = got["min_token_gain"]
 
 
+def _contradict(params: DistillParams, units: list[Unit], cache: RequestCache | None) -> None:
+    todo = [(u, u.pair) for u in units if u.pair is not None]
+    found = contradictions(params.nli, [(u.chunk.content, pair["response"]) for u, pair in todo], cache)
+    for (unit, _), got in zip(todo, found, strict=True):
+        unit.contradiction = got
+
+
 def preflight(params: DistillParams) -> None:
     """Fail on a bad template, a missing key or a missing grounding model before starting any server."""
     template(params, False)
@@ -365,6 +377,7 @@ def preflight(params: DistillParams) -> None:
         read_key(name, spec)
     if params.grounding.enabled:
         check_model(params.grounding)
+    check_nli_model(params.nli)
 
 
 def score(params: DistillParams, seed: int, make_units) -> tuple[list[Unit], dict, list[str]]:
@@ -381,6 +394,8 @@ def score(params: DistillParams, seed: int, make_units) -> tuple[list[Unit], dic
             check_errors(clients, params)
             if params.grounding.enabled:
                 _ground(params, units, cache)
+            if params.nli.enabled:
+                _contradict(params, units, cache)
         finally:
             if cache is not None:
                 cache.close()
@@ -445,8 +460,9 @@ def _write(params, slices, chunks, units: list[Unit], out_dir, calibration, used
 
 
 def judging(u: Unit) -> dict:
-    """What the judges and the grounding gate said of a unit, as the output files carry it."""
-    return {
+    """What the judges and the grounding and contradiction gates said of a unit, as the output
+    files carry it (`contradiction` only when the NLI gate is on)."""
+    out = {
         "judges": dict(sorted(u.verdicts.items())),
         "score": u.score,
         "votes": u.votes,
@@ -454,6 +470,9 @@ def judging(u: Unit) -> dict:
         "end_logprob": u.end_logprob,
         "min_token_gain": u.min_token_gain,
     }
+    if u.contradiction is not None:
+        out["contradiction"] = u.contradiction
+    return out
 
 
 def control_verdicts(units: list[Unit]) -> dict[str, dict[str, int]]:
@@ -491,6 +510,8 @@ def _record(u: Unit, pair: dict) -> Record:
     if u.grounding is not None:
         meta["grounding"] = u.grounding
         meta["end_logprob"], meta["min_token_gain"] = u.end_logprob, u.min_token_gain
+    if u.contradiction is not None:
+        meta["contradiction"] = u.contradiction
     if pair["input"]:
         meta["alpaca_input"] = pair["input"]
     if u.chunk.metadata:

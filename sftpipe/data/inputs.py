@@ -34,7 +34,10 @@ def model_files(key: str, path: str) -> dict[str, str]:
     """md5 of a model file, or of every file of a model folder, by path."""
     root = Path(path)
     if not root.exists():
-        raise ParamsError(f"{key}: {path}: no such file or folder")
+        raise ParamsError(
+            f"{key}: {path}: no such file or folder (a local path; fetch a hub model once with "
+            "`hf download <id> --local-dir data/raw/models/<name>`)"
+        )
     found = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     return {str(p): file_md5([p]) for p in found}
 
@@ -82,15 +85,13 @@ def distill_files(params: dict) -> dict:
 
 def write(out: str | Path, sources: dict[str, SourceSpec], params: dict) -> dict[str, int]:
     """Write `out`/sources/<name>.json, `out`/decontaminate.json, `out`/evaluate.json and
-    `out`/distill.json."""
-    out = Path(out)
-    for name, spec in sorted(sources.items()):
-        write_json(out / "sources" / f"{name}.json", source(name, spec))
+    `out`/distill.json; a missing file stops it before anything is written."""
+    found = {f"sources/{name}.json": source(name, spec) for name, spec in sorted(sources.items())}
     sets, files = evaluation_files(params)
-    write_json(out / "decontaminate.json", sets)
-    write_json(out / "evaluate.json", files)
     models = distill_files(params)
-    write_json(out / "distill.json", models)
+    found.update({"decontaminate.json": sets, "evaluate.json": files, "distill.json": models})
+    for name, fingerprint in found.items():
+        write_json(Path(out) / name, fingerprint)
     return {
         "sources": len(sources),
         "decontaminate": len(sets),

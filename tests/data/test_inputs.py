@@ -89,3 +89,13 @@ def test_distill_models_are_fingerprinted_file_by_file(tmp_path):
     assert inputs.distill_files({"distill": {**params["distill"], "enabled": False}}) == {}  # not read
     with pytest.raises(ParamsError, match=r"^distill\.nli\.model: .*gone: no such file or folder"):
         inputs.distill_files({"distill": {"nli": {"model": str(tmp_path / "gone")}}})
+
+
+def test_a_missing_model_writes_nothing(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "a"}\n')
+    params = {"distill": {"nli": {"model": "cross-encoder/nli-deberta-v3-xsmall"}}}
+    with pytest.raises(
+        ParamsError, match=r"^distill\.nli\.model: .* no such file or folder \(a local path; .*hf download"
+    ):
+        inputs.write(tmp_path / "out", {"a": _spec(path=str(tmp_path / "a.jsonl"))}, params)
+    assert not (tmp_path / "out").exists()

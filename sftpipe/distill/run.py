@@ -370,7 +370,7 @@ def _contradict(params: DistillParams, units: list[Unit], cache: RequestCache | 
 
 
 def preflight(params: DistillParams) -> None:
-    """Fail on a bad template, a missing key or a missing grounding model before starting any server."""
+    """Fail on a bad template, a missing key or a missing grounding or NLI model before starting any server."""
     template(params, False)
     template(params, True)
     for name, spec in _endpoints(params):

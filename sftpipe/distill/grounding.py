@@ -24,7 +24,7 @@ from pydantic import model_validator
 
 from sftpipe.core.config import Section
 from sftpipe.core.hashing import sha256_hex
-from sftpipe.distill.llm import RequestCache
+from sftpipe.distill.llm import RequestCache, through_cache
 from sftpipe.distill.slices import DistillError
 from sftpipe.model.scoring import each_token_loss
 
@@ -144,15 +144,16 @@ def _signals(with_: list[float], without: list[float], cut: bool) -> dict[str, f
     }
 
 
-def model_identity(folder: str) -> str:
-    """What the cache keys the signals on: the model's config, its chat template (which names the
-    end-of-turn token) and the size of each weights file."""
+def folder_identity(kind: str, folder: str) -> str:
+    """What a cache keys a local model's scores on: its config, tokenizer config and chat template
+    (which names the end-of-turn token), and the size of each weights file."""
     root = Path(folder)
-    check_model(GroundingParams(model=folder))
-    sizes = sorted((p.name, p.stat().st_size) for p in root.glob("*.safetensors"))
+    sizes = sorted(
+        (p.name, p.stat().st_size) for pattern in ("*.safetensors", "*.bin") for p in root.glob(pattern)
+    )
     texts = [root / n for n in ("config.json", "tokenizer_config.json", "chat_template.jinja")]
     config = sha256_hex(b"".join(p.read_bytes() for p in texts if p.is_file()))
-    return f"grounding:{config}:{sizes}"
+    return f"{kind}:{config}:{sizes}"
 
 
 def signals(
@@ -161,20 +162,16 @@ def signals(
     """The signals (`Scorer.signals`) of every (passage, pair); those already in `cache` are not
     computed again, so re-running the stage loads no model."""
     items = list(items)
-    ident = model_identity(params.model) if items else ""
+    if items:
+        check_model(params)
+    ident = folder_identity("grounding", params.model) if items else ""
     keys = [
         RequestCache.key(ident, {"content": c, "pair": p, "max_tokens": params.max_tokens, "signals": 2})
         for c, p in items
     ]
-    found: list[dict | None] = [None] * len(items)
-    if cache is not None:
-        for i, key in enumerate(keys):
-            found[i] = cache.get(key)
-    todo = [i for i, g in enumerate(found) if g is None]
-    if todo:
+
+    def compute(todo: list[int]) -> list[dict]:
         print(f"distill grounding: scoring {len(todo)} pairs with {params.model}", file=sys.stderr)
-        for i, got in zip(todo, Scorer(params).signals([items[i] for i in todo]), strict=True):
-            found[i] = got
-            if cache is not None:
-                cache.put(keys[i], got)
-    return [g for g in found if g is not None]
+        return Scorer(params).signals([items[i] for i in todo])
+
+    return through_cache(cache, keys, compute)

@@ -25,7 +25,7 @@ import os
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -197,6 +197,21 @@ class RequestCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def through_cache(
+    cache: RequestCache | None, keys: list[str], compute: Callable[[list[int]], list[dict]]
+) -> list[dict]:
+    """The reply stored under each key; the missing ones come from one call of `compute` with
+    their positions (nothing is loaded when every key is there), and are stored."""
+    found = [None if cache is None else cache.get(key) for key in keys]
+    todo = [i for i, got in enumerate(found) if got is None]
+    if todo:
+        for i, got in zip(todo, compute(todo), strict=True):
+            found[i] = got
+            if cache is not None:
+                cache.put(keys[i], got)
+    return [got for got in found if got is not None]
 
 
 class _Failed(Exception):

@@ -18,9 +18,9 @@ from pathlib import Path
 from pydantic import model_validator
 
 from sftpipe.core.config import Section
-from sftpipe.core.hashing import sha256_hex
 from sftpipe.distill.controls import sentences
-from sftpipe.distill.llm import RequestCache
+from sftpipe.distill.grounding import folder_identity
+from sftpipe.distill.llm import RequestCache, through_cache
 from sftpipe.distill.slices import DistillError
 
 
@@ -65,12 +65,6 @@ def check_model(params: NliParams) -> None:
             f"distill.nli.model: no model in {params.model} (a local folder; download it once with "
             "`hf download <model id> --local-dir <folder>`, or set distill.nli.model: null)"
         )
-
-
-def model_identity(folder: str) -> str:
-    root = Path(folder)
-    sizes = sorted((p.name, p.stat().st_size) for p in root.iterdir() if p.suffix in {".safetensors", ".bin"})
-    return f"nli:{sha256_hex((root / 'config.json').read_bytes())}:{sizes}"
 
 
 class Classifier:
@@ -119,22 +113,15 @@ def contradictions(
     if not items:
         return []
     assert params.model is not None
-    ident = model_identity(params.model)
+    check_model(params)
+    ident = folder_identity("nli", params.model)
     keys = [RequestCache.key(ident, {"content": c, "response": r}) for c, r in items]
-    found: list[float | None] = [None] * len(items)
-    if cache is not None:
-        for i, key in enumerate(keys):
-            hit = cache.get(key)
-            found[i] = None if hit is None else hit["contradiction"]
-    todo = [i for i, f in enumerate(found) if f is None]
-    if todo:
+
+    def compute(todo: list[int]) -> list[dict]:
         print(f"distill nli: scoring {len(todo)} pairs with {params.model}", file=sys.stderr)
-        model = Classifier(params)
-        flat = [(items[i][0], s) for i in todo for s in sentences(items[i][1]) or [items[i][1]]]
-        probs = iter(model.contradiction(flat))
-        for i in todo:
-            n = len(sentences(items[i][1])) or 1
-            found[i] = max(next(probs) for _ in range(n))
-            if cache is not None:
-                cache.put(keys[i], {"contradiction": found[i]})
-    return [f for f in found if f is not None]
+        said = [sentences(items[i][1]) or [items[i][1]] for i in todo]
+        flat = [(items[i][0], s) for i, sents in zip(todo, said, strict=True) for s in sents]
+        probs = iter(Classifier(params).contradiction(flat))
+        return [{"contradiction": max(next(probs) for _ in sents)} for sents in said]
+
+    return [got["contradiction"] for got in through_cache(cache, keys, compute)]

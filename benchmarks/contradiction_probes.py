@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import re
 
-from sftpipe.core.jsonio import read_jsonl
-from sftpipe.distill.controls import auc, control_pairs
+from distill_signals import items, question  # the sibling benchmark's pairs (run as a script)
+
+from sftpipe.distill.controls import auc
 from sftpipe.distill.grounding import WITH, WITHOUT
-from sftpipe.distill.slices import chunks_of, read_slices
 
 SHOTS = (
     "Passage: The library opens at nine and closes at five. Members may borrow six books at a time.\n"
@@ -39,22 +39,6 @@ SHOTS = (
     "Passage: Water boils at 100 degrees Celsius at sea level, and at a lower temperature on a mountain.\n"
     "Statement: Water does not boil at 100 degrees at sea level.\nTrue or false? False\n\n"
 )
-
-
-def items(slices_path: str, pairs_path: str) -> list[dict]:
-    slices = read_slices(slices_path)
-    content = {s["id"]: s["content"] for s in slices}
-    out = [
-        {"kind": "good" if r["label"] else f"labelled_{r['kind']}", "content": content[r["slice"]], "pair": r}
-        for r in read_jsonl(pairs_path)
-    ]
-    for c in control_pairs(chunks_of(slices, 1500)):
-        out.append({"kind": "good" if c.label else c.kind, "content": c.chunk.content, "pair": c.pair})
-    return out
-
-
-def question(pair: dict) -> str:
-    return pair["instruction"] + (f"\n{pair['input']}" if pair.get("input") else "")
 
 
 def base_probes(model_dir: str, rows: list[dict]) -> dict[str, list[float]]:
@@ -133,9 +117,10 @@ def main() -> None:
     ap.add_argument("--gguf", help="a GGUF model to ask 'True or false?' per sentence")
     ap.add_argument("--nli", help="an NLI cross-encoder folder (Hugging Face format)")
     args = ap.parse_args()
-    rows = [
-        r for r in items(args.slices, args.pairs) if r["kind"] in ("good", "contradicted", "labelled_wrong")
-    ]
+    rows = items(args.slices, args.pairs)
+    for r in rows:  # the labelled wrong answers, apart from the controls
+        r["kind"] = "labelled_wrong" if (r["set"], r["kind"]) == ("labelled", "wrong") else r["kind"]
+    rows = [r for r in rows if r["kind"] in ("good", "contradicted", "labelled_wrong")]
     n = {k: sum(r["kind"] == k for r in rows) for k in ("good", "contradicted", "labelled_wrong")}
     print(
         f"{n['good']} good, {n['contradicted']} contradicted controls, {n['labelled_wrong']} labelled wrong"
